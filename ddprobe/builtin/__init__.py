@@ -1,0 +1,1 @@
+"""ddprobe's built-in datasets, models, importers, distillers, probes and reporters: default plugins."""

@@ -1,0 +1,58 @@
+"""``evaluate``: the field's standard evaluation, train on each distilled set and test on real test data."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..results import ProbeResult
+from ..training import RecipeOverride
+
+
+class Evaluate:
+    name = "evaluate"
+    description = "train each architecture on each distilled set over several seeds; real test accuracy"
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        models: list[str] = Field([], description="architectures from [models] (default: all)")
+        sets: list[str] = Field([], description="distilled sets (default: all, controls included)")
+        seeds: int = Field(3, ge=1, description="trainings per set and model (different init and order)")
+        recipe: RecipeOverride = Field(RecipeOverride(), description="changes to the study's [train] recipe")
+
+    def run(self, ctx, options: Options) -> ProbeResult:
+        import numpy as np
+        import pandas as pd
+
+        from ..training import evaluate
+
+        recipe = options.recipe.apply(ctx.recipe)
+        rows = []
+        sets = ctx.select_sets(options.sets)
+        models = ctx.select_models(options.models)
+        with ctx.progress.task("evaluate", total=len(sets) * len(models) * options.seeds) as task:
+            for set_name, ds in sets.items():
+                lr = ds.manifest.learned_lr
+                set_recipe = recipe
+                if recipe.lr == "learned" and lr is None:
+                    set_recipe = recipe.model_copy(update={"lr": ctx.recipe.lr if ctx.recipe.lr != "learned"
+                                                           else 0.01})
+                for model in models:
+                    accs = []
+                    for s in range(options.seeds):
+                        net = ctx.trained(model, ds, set_recipe, seed_name=f"evaluate:{set_name}:{model}:{s}",
+                                          learned_lr=lr)
+                        accs.append(evaluate(net, ctx.real.test.to(ctx.device)))
+                        task.advance()
+                    rows.append({"set": set_name, "model": model, "mean": float(np.mean(accs)),
+                                 "std": float(np.std(accs)), "seeds": len(accs),
+                                 "lr": set_recipe.resolved_lr(lr), "control": set_name in ctx.controls})
+        table = pd.DataFrame(rows)
+        metrics = {f"{r['set']}/{r['model']}": r["mean"] for r in rows}
+        best = max(rows, key=lambda r: r["mean"]) if rows else None
+        summary = (f"best: {best['set']} on {best['model']} {best['mean']:.3f} ± {best['std']:.3f} test accuracy"
+                   if best else "no sets")
+        return ProbeResult(metrics=metrics, tables={"accuracy": table}, summary=summary)
+
+
+PROBES = (Evaluate,)

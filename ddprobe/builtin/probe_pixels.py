@@ -1,0 +1,67 @@
+"""``pixels`` (paper A.3 made quantitative): pixel statistics of distilled images against real ones."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..results import ProbeResult
+
+
+class Pixels:
+    name = "pixels"
+    description = "per-channel mean/std/min/max and fraction outside [0, 1] in pixel space, vs real images"
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        sets: list[str] = Field([], description="distilled sets (default: all)")
+        bins: int = Field(80, ge=10, description="histogram bins of the density figure")
+
+    def run(self, ctx, options: Options) -> ProbeResult:
+        import pandas as pd
+
+        sets = ctx.select_sets(options.sets)
+        groups = {"real": ctx.real.to_pixels(ctx.real.train.images)}
+        groups.update({name: ctx.real.to_pixels(ds.images) for name, ds in sets.items()})
+        rows, metrics = [], {}
+        for name, pixels in groups.items():
+            flat = pixels.float()
+            outside = float(((flat < 0) | (flat > 1)).float().mean())
+            metrics.update({f"{name}/outside_01": outside, f"{name}/min": float(flat.min()),
+                            f"{name}/max": float(flat.max()), f"{name}/mean": float(flat.mean()),
+                            f"{name}/std": float(flat.std())})
+            for c in range(flat.shape[1]):
+                ch = flat[:, c]
+                rows.append({"set": name, "channel": c, "mean": float(ch.mean()), "std": float(ch.std()),
+                             "min": float(ch.min()), "max": float(ch.max()),
+                             "outside_01": float(((ch < 0) | (ch > 1)).float().mean())})
+        fig = self._figure(ctx, groups, options.bins)
+        worst = max(sets, key=lambda n: metrics[f"{n}/outside_01"]) if sets else None
+        summary = (f"{worst}: {metrics[f'{worst}/outside_01']:.1%} of pixels outside [0, 1] "
+                   f"(real: {metrics['real/outside_01']:.1%})" if worst else "no sets")
+        return ProbeResult(metrics, {"pixel_stats": pd.DataFrame(rows)}, {"density": fig}, summary)
+
+    def _figure(self, ctx, groups, bins):
+        import numpy as np
+
+        from ..report.figures import color, plt, save
+
+        pyplot = plt()
+        fig, ax = pyplot.subplots(figsize=(6, 3.2))
+        lo = min(float(p.min()) for p in groups.values())
+        hi = max(float(p.max()) for p in groups.values())
+        edges = np.linspace(min(lo, 0.0), max(hi, 1.0), bins + 1)
+        for i, (name, pixels) in enumerate(groups.items()):
+            hist, _ = np.histogram(pixels.flatten().numpy(), bins=edges, density=True)
+            centers = (edges[:-1] + edges[1:]) / 2
+            ax.plot(centers, hist, label=name, color=color(i), lw=2 if name == "real" else 1.2)
+            if name == "real":
+                ax.fill_between(centers, hist, color=color(i), alpha=0.12)
+        ax.axvspan(0, 1, color="#999999", alpha=0.08, lw=0)
+        ax.set_xlabel("pixel value")
+        ax.set_yticks([])
+        ax.legend(fontsize=8, frameon=False)
+        return save(fig, ctx.figure_path("density"))
+
+
+PROBES = (Pixels,)

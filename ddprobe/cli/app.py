@@ -1,0 +1,66 @@
+"""The root Typer app: global options, error handling, and command registration (built-in and plugins)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+import typer
+
+from .. import __version__
+
+app = typer.Typer(
+    name="ddprobe",
+    help="Probe what a distilled dataset really contains. Start with: ddprobe run specs/study.toml",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ddprobe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
+                                           help="Show the version and exit."),
+) -> None:
+    """Probe what a distilled dataset really contains."""
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print an error (no traceback unless DDPROBE_DEBUG=1) and return the Exit to raise."""
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    if os.environ.get("DDPROBE_DEBUG"):
+        import traceback
+
+        traceback.print_exc()
+    return typer.Exit(code)
+
+
+def _register() -> None:
+    from ..plugins import load_plugins
+    from . import inspect, run  # noqa: F401  (modules add their commands to ``app``)
+
+    pm = load_plugins()
+    pm.hook.register_commands(app=app)
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        print("interrupted: everything computed so far is cached; run the same command again to resume",
+              file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,69 @@
+"""``ddprobe validate``, ``schema``, ``list`` and ``plugins``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from .app import app, fail
+
+KIND_PLURALS = {"datasets": "dataset", "models": "model", "distillers": "distiller", "probes": "probe",
+                "importers": "importer", "reporters": "reporter"}
+
+
+@app.command()
+def validate(spec: Path = typer.Argument(..., help="Study spec (TOML)")) -> None:
+    """Check a spec without running anything; exit 2 with every problem listed when it is invalid."""
+    from ..errors import SpecError
+    from ..spec import load_spec
+
+    try:
+        parsed = load_spec(spec)
+    except SpecError as exc:
+        raise fail(str(exc), 2) from None
+    typer.echo(f"{spec}: ok ({len(parsed.distilled)} distilled sets, {len(parsed.models)} models, "
+               f"{len(parsed.probes)} probes)")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of study specs (for editor validation of TOML)."""
+    from ..spec import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
+@app.command("list")
+def list_(
+    kind: str = typer.Argument(None, help="datasets, models, distillers, probes, importers or reporters"),
+) -> None:
+    """List what is registered (built-ins and plugins), with one-line descriptions."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .. import registry
+    from ..errors import suggest
+
+    kinds = list(KIND_PLURALS)
+    if kind is not None and kind not in KIND_PLURALS:
+        raise fail(f"unknown kind {kind!r}; {suggest(kind, kinds)}", 2)
+    console = Console(highlight=False)
+    for plural in [kind] if kind else kinds:
+        table = Table(title=plural, title_justify="left", show_header=False, box=None, padding=(0, 2))
+        for name, obj in sorted(registry.get_all(KIND_PLURALS[plural]).items()):
+            owner = registry.owner_of(KIND_PLURALS[plural], name)
+            origin = "" if owner.startswith("ddprobe.builtin") else f"[dim]({owner})[/dim]"
+            table.add_row(f"[bold]{name}[/bold]", obj.description, origin)
+        console.print(table)
+
+
+@app.command()
+def plugins(
+    all_: bool = typer.Option(False, "--all", help="Include ddprobe's built-in default plugins"),
+) -> None:
+    """Show installed plugins as JSON: name, distribution version and the hooks they implement."""
+    from ..plugins import get_plugins
+
+    typer.echo(json.dumps(get_plugins(include_builtin=all_), indent=2))

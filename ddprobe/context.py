@@ -1,0 +1,153 @@
+"""The study context a probe (``StudyContext``) or a distiller (``DistillContext``) receives."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .cache import Cache
+from .progress import Progress
+from .rng import derive_seed, numpy_generator, seeded_init, torch_generator
+from .training import Callback, TrainRecipe
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from pydantic import BaseModel
+
+    from .data import DistilledSet, LabeledData, RealData
+
+
+@dataclass
+class ModelSpec:
+    """A named architecture from the spec's [models] table."""
+
+    name: str
+    arch: str
+    options: BaseModel
+    plugin: Any
+
+    def build(self, input_shape: Sequence[int], num_classes: int) -> torch.nn.Module:
+        return self.plugin.build(self.options, tuple(input_shape), num_classes)
+
+    def key(self) -> dict[str, Any]:
+        return {"arch": self.arch, "options": self.options.model_dump(mode="json")}
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+@dataclass
+class _Base:
+    seed: int
+    real: RealData
+    models: dict[str, ModelSpec]
+    recipe: TrainRecipe
+    cache: Cache
+    device: str = "cpu"
+    progress: Progress = field(default_factory=lambda: Progress(enabled=False))
+    data_key: dict[str, Any] = field(default_factory=dict)
+    workers: int = 1
+
+    def rng(self, name: str) -> torch.Generator:
+        """A CPU torch generator seeded from the study seed and ``name``: results never depend on probe order."""
+        return torch_generator(self.seed, name)
+
+    def np_rng(self, name: str) -> np.random.Generator:
+        return numpy_generator(self.seed, name)
+
+    def seed_for(self, name: str) -> int:
+        return derive_seed(self.seed, name)
+
+    def build_model(self, model: str | ModelSpec, seed_name: str) -> torch.nn.Module:
+        """A fresh model of a named architecture, initialized from the seed stream ``seed_name``, on the device."""
+        spec = self.models[model] if isinstance(model, str) else model
+        with seeded_init(self.seed, f"init:{seed_name}"):
+            net = spec.build(self.real.input_shape, self.real.num_classes)
+        return net.to(self.device)
+
+    def train(self, model: torch.nn.Module, data: LabeledData, recipe: TrainRecipe | None = None, *,
+              seed_name: str, callbacks: Sequence[Callback] = (), learned_lr: float | None = None) -> torch.nn.Module:
+        """Train ``model`` in place; data order and augmentation draw from the stream ``seed_name``."""
+        from .training import train
+
+        return train(model, data.to(self.device), recipe or self.recipe, generator=self.rng(f"train:{seed_name}"),
+                     callbacks=callbacks, learned_lr=learned_lr)
+
+    def trained(self, model: str, data: LabeledData, recipe: TrainRecipe | None = None, *, seed_name: str,
+                learned_lr: float | None = None, data_id: Any = None) -> torch.nn.Module:
+        """A model of architecture ``model`` trained on ``data``: from the cache when it was trained before.
+
+        The cache key holds the architecture, the data's content (or ``data_id``), the recipe and the seeds.
+        """
+        from .data import DistilledSet, content_hash
+
+        recipe = recipe or self.recipe
+        if data_id is None:
+            data_id = data.manifest.sha256 if isinstance(data, DistilledSet) else content_hash(data.images, data.labels)
+        parts = {"model": self.models[model].key(), "data": data_id, "recipe": recipe.key(), "seed": self.seed,
+                 "seed_name": seed_name, "learned_lr": learned_lr, "real": self.data_key}
+        return self.cache.model(
+            "models", parts, lambda: self.build_model(model, seed_name),
+            lambda net: self.train(net, data, recipe, seed_name=seed_name, learned_lr=learned_lr),
+        )
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], description: str = "") -> list[Any]:
+        """Apply ``fn`` to each item (a pure function of its inputs), with progress; results in order."""
+        items = list(items)
+        out = []
+        with self.progress.task(description or getattr(fn, "__name__", "tasks"), total=len(items)) as task:
+            for item in items:
+                out.append(fn(item))
+                task.advance()
+        return out
+
+
+@dataclass
+class StudyContext(_Base):
+    """What a probe's ``run(ctx, options)`` receives. See docs/plugins/writing.md."""
+
+    distilled: dict[str, DistilledSet] = field(default_factory=dict)
+    pretrain_recipe: TrainRecipe = field(default_factory=lambda: TrainRecipe(epochs=20, batch_size=256, steps=None))
+    output_dir: Path = field(default_factory=lambda: Path("."))
+    probe_id: str = ""
+    controls: set[str] = field(default_factory=set)
+
+    def pretrained(self, model: str, seed_name: str = "pretrained") -> torch.nn.Module:
+        """A model of architecture ``model`` trained on the real training set (cached), in eval mode."""
+        return self.trained(model, self.real.train, self.pretrain_recipe, seed_name=seed_name,
+                            data_id={"real-train": self.data_key})
+
+    def figure_path(self, name: str) -> Path:
+        """Where a probe should save figure ``name`` (PNG); the directory exists."""
+        d = self.output_dir / "figures"
+        d.mkdir(parents=True, exist_ok=True)
+        return d / f"{self.probe_id}-{name}.png" if self.probe_id else d / f"{name}.png"
+
+    def select_models(self, names: list[str] | None) -> list[str]:
+        """The probe's ``models`` option resolved: all study models when it is empty."""
+        return list(names) if names else list(self.models)
+
+    def select_sets(self, names: list[str] | None) -> dict[str, DistilledSet]:
+        if not names:
+            return dict(self.distilled)
+        return {n: self.distilled[n] for n in names}
+
+
+@dataclass
+class DistillContext(_Base):
+    """What a distiller's ``distill(real, ipc, options, ctx)`` receives."""
+
+    name: str = ""
+    checkpoint_dir: Path | None = None

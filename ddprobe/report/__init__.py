@@ -1,0 +1,1 @@
+"""Writers that turn a study's results into files, and the figures probes draw."""

@@ -1,0 +1,397 @@
+"""Study specs: TOML parsed into validated models; every error names the file, the key path and what is valid."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import registry
+from .context import ModelSpec
+from .errors import SpecError, suggest
+from .expectations import Expectation
+from .training import TrainRecipe
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class StudySection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("study", description="names the output folder runs/<name>/")
+    seed: int = Field(0, description="every random draw derives from this seed and a stream name")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
+    plugins: list[str] = Field([], description="plugin .py files to load, relative to the spec file")
+    control: bool = Field(True, description="add a random-real control set for each images-per-class")
+    cache_dir: str | None = Field(None, description="artifact cache (default $DDPROBE_CACHE_DIR or ~/.cache/ddprobe)")
+    workers: int = Field(1, ge=1, description="worker processes for bags of independent trainings")
+
+
+class ReportSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    formats: list[str] = Field(["json", "markdown", "html", "junit"], description="reporters to run")
+
+
+PRETRAIN_DEFAULTS = {"epochs": 20, "batch_size": 256, "steps": None}
+SECTIONS = ("study", "data", "train", "pretrain", "models", "distilled", "probe", "report")
+DISTILLED_KEYS = ("distiller", "path", "importer", "ipc", "input_space")
+PROBE_KEYS = ("kind", "id", "expect")
+
+
+@dataclass
+class DataSpec:
+    dataset: str
+    plugin: Any
+    options: BaseModel
+
+    def key(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "options": self.options.model_dump(mode="json")}
+
+
+@dataclass
+class DistilledSpec:
+    name: str
+    ipc: int | None
+    distiller: str | None = None
+    plugin: Any = None
+    options: BaseModel | None = None
+    path: Path | None = None
+    importer: str | None = None
+    input_space: Literal["study", "pixels"] = "study"
+
+
+@dataclass
+class ProbeSpec:
+    id: str
+    kind: str
+    plugin: Any
+    options: BaseModel
+    expect: list[Expectation] = field(default_factory=list)
+
+
+@dataclass
+class Spec:
+    path: Path | None
+    sha256: str
+    study: StudySection
+    data: DataSpec
+    train: TrainRecipe
+    pretrain: TrainRecipe
+    models: dict[str, ModelSpec]
+    distilled: dict[str, DistilledSpec]
+    probes: list[ProbeSpec]
+    report: ReportSection
+    raw: dict[str, Any]
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent if self.path else Path.cwd()
+
+
+def _loc(prefix: str, loc: tuple) -> str:
+    out = prefix
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _pydantic_problems(prefix: str, exc: ValidationError, model: type[BaseModel] | None) -> list[str]:
+    problems = []
+    valid = list(model.model_fields) if model is not None else []
+    for err in exc.errors():
+        where = _loc(prefix, tuple(err["loc"]))
+        if err["type"] == "extra_forbidden":
+            key = str(err["loc"][-1])
+            problems.append(f"{where}: unknown key {key!r}; {suggest(key, valid)}")
+        elif err["type"] == "missing":
+            problems.append(f"{where}: required key is missing")
+        else:
+            got = err.get("input")
+            got_text = f" (got {got!r})" if not isinstance(got, dict) and got is not None else ""
+            problems.append(f"{where}: {err['msg']}{got_text}")
+    return problems
+
+
+def _validate(model: type[BaseModel], data: Any, prefix: str, problems: list[str]) -> BaseModel | None:
+    if not isinstance(data, dict):
+        problems.append(f"{prefix}: must be a table, got {type(data).__name__}")
+        return None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(prefix, exc, model))
+        return None
+
+
+def _lookup(kind: str, name: Any, where: str, problems: list[str]) -> Any:
+    if not isinstance(name, str):
+        problems.append(f"{where}: must be a string naming a {kind}")
+        return None
+    try:
+        return registry.get(kind, name)
+    except KeyError:
+        problems.append(f"{where}: unknown {kind} {name!r}; {suggest(name, registry.get_all(kind))}")
+        return None
+
+
+def read_toml(path: str | Path) -> tuple[dict[str, Any], bytes]:
+    path = Path(path)
+    try:
+        raw_bytes = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(f"spec file {path} does not exist") from None
+    try:
+        return tomllib.loads(raw_bytes.decode()), raw_bytes
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"not valid TOML: {exc}", file=str(path)) from None
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a TOML study spec; raises :class:`SpecError` listing every problem found."""
+    raw, raw_bytes = read_toml(path)
+    return parse_spec(raw, Path(path), raw_bytes)
+
+
+def parse_spec(raw: dict[str, Any], path: Path | None = None, raw_bytes: bytes | None = None) -> Spec:
+    from . import plugins as plugin_core
+
+    file = str(path) if path else None
+    problems: list[str] = []
+    base = path.parent if path else Path.cwd()
+    sha = hashlib.sha256(raw_bytes if raw_bytes is not None else repr(raw).encode()).hexdigest()
+
+    for key in raw:
+        if key not in SECTIONS:
+            problems.append(f"{key}: unknown section; {suggest(key, SECTIONS)}")
+
+    study = _validate(StudySection, raw.get("study", {}), "study", problems) or StudySection()
+    for i, plugin_file in enumerate(study.plugins):
+        try:
+            plugin_core.load_plugin_file(base / plugin_file)
+        except FileNotFoundError:
+            problems.append(f"study.plugins[{i}]: plugin file {base / plugin_file} does not exist")
+        except Exception as exc:  # a broken local plugin is a spec problem, reported with its cause
+            problems.append(f"study.plugins[{i}]: plugin file {plugin_file} failed to load: {exc!r}")
+
+    # [data]
+    data_raw = dict(raw.get("data", {"dataset": "digits"}))
+    if not isinstance(data_raw, dict):
+        problems.append("data: must be a table")
+        data_raw = {"dataset": "digits"}
+    ds_name = data_raw.pop("dataset", "digits")
+    ds_plugin = _lookup("dataset", ds_name, "data.dataset", problems)
+    data = None
+    if ds_plugin is not None:
+        opts = _validate(ds_plugin.Options, data_raw, "data", problems)
+        data = DataSpec(ds_name, ds_plugin, opts) if opts is not None else None
+
+    train = _validate(TrainRecipe, raw.get("train", {}), "train", problems) or TrainRecipe()
+    pre_raw = raw.get("pretrain", {})
+    pretrain = _validate(TrainRecipe, {**PRETRAIN_DEFAULTS, **pre_raw} if isinstance(pre_raw, dict) else pre_raw,
+                         "pretrain", problems) or TrainRecipe(**PRETRAIN_DEFAULTS)
+
+    # [models]
+    models: dict[str, ModelSpec] = {}
+    models_raw = raw.get("models", {"convnet": {"arch": "convnet"}})
+    if not isinstance(models_raw, dict):
+        problems.append("models: must be a table of name = { arch = ..., ... }")
+        models_raw = {}
+    for name, table in models_raw.items():
+        where = f"models.{name}"
+        if not isinstance(table, dict):
+            problems.append(f"{where}: must be a table such as {{ arch = \"convnet\" }}")
+            continue
+        table = dict(table)
+        if "arch" not in table:
+            problems.append(f"{where}.arch: required key is missing; valid: {', '.join(registry.get_all('model'))}")
+            continue
+        arch = table.pop("arch")
+        plugin = _lookup("model", arch, f"{where}.arch", problems)
+        if plugin is None:
+            continue
+        opts = _validate(plugin.Options, table, where, problems)
+        if opts is not None:
+            models[name] = ModelSpec(name, arch, opts, plugin)
+
+    # [distilled.*]
+    distilled: dict[str, DistilledSpec] = {}
+    dist_raw = raw.get("distilled", {})
+    if not isinstance(dist_raw, dict):
+        problems.append("distilled: must be a table of [distilled.NAME] tables")
+        dist_raw = {}
+    for name, table in dist_raw.items():
+        where = f"distilled.{name}"
+        if "/" in name:
+            problems.append(f"{where}: set names may not contain '/' (it separates metric keys)")
+        if not isinstance(table, dict):
+            problems.append(f"{where}: must be a table with distiller = \"...\" or path = \"...\"")
+            continue
+        table = dict(table)
+        ipc = table.pop("ipc", None)
+        if ipc is not None and (not isinstance(ipc, int) or isinstance(ipc, bool) or ipc < 1):
+            problems.append(f"{where}.ipc: must be a positive integer (got {ipc!r})")
+            ipc = None
+        input_space = table.pop("input_space", "study")
+        if input_space not in ("study", "pixels"):
+            problems.append(f"{where}.input_space: must be 'study' or 'pixels' (got {input_space!r})")
+            input_space = "study"
+        if "path" in table:
+            file = table.pop("path")
+            importer = table.pop("importer", None)
+            if importer is not None:
+                _lookup("importer", importer, f"{where}.importer", problems)
+            for extra in table:
+                problems.append(f"{where}.{extra}: unknown key for an imported set; valid: path, importer, ipc, "
+                                f"input_space")
+            distilled[name] = DistilledSpec(name, ipc, path=(base / str(file)), importer=importer,
+                                            input_space=input_space)
+            continue
+        if "distiller" not in table:
+            problems.append(f"{where}: needs distiller = \"...\" (valid: "
+                            f"{', '.join(registry.get_all('distiller'))}) or path = \"file\"")
+            continue
+        dname = table.pop("distiller")
+        plugin = _lookup("distiller", dname, f"{where}.distiller", problems)
+        if plugin is None:
+            continue
+        if ipc is None:
+            problems.append(f"{where}.ipc: required key is missing (images per class, e.g. ipc = 10)")
+            continue
+        valid = [*DISTILLED_KEYS, *plugin.Options.model_fields]
+        opts = _validate_plugin_options(plugin.Options, table, where, valid, problems)
+        if opts is not None:
+            distilled[name] = DistilledSpec(name, ipc, dname, plugin, opts)
+
+    # [[probe]]
+    probes: list[ProbeSpec] = []
+    probe_raw = raw.get("probe", [])
+    if isinstance(probe_raw, dict):
+        probe_raw = [probe_raw]
+    if not isinstance(probe_raw, list):
+        problems.append("probe: write each probe as a [[probe]] table")
+        probe_raw = []
+    seen_ids: set[str] = set()
+    for i, table in enumerate(probe_raw):
+        where = f"probe[{i}]"
+        if not isinstance(table, dict):
+            problems.append(f"{where}: must be a table")
+            continue
+        table = dict(table)
+        if "kind" not in table:
+            problems.append(f"{where}.kind: required key is missing; valid: {', '.join(registry.get_all('probe'))}")
+            continue
+        kind = table.pop("kind")
+        plugin = _lookup("probe", kind, f"{where}.kind", problems)
+        pid = table.pop("id", None) or kind
+        if pid in seen_ids:
+            n = 2
+            while f"{pid}-{n}" in seen_ids:
+                n += 1
+            pid = f"{pid}-{n}"
+        seen_ids.add(pid)
+        expect_raw = table.pop("expect", {})
+        expects: list[Expectation] = []
+        if not isinstance(expect_raw, dict):
+            problems.append(f"{where}.expect: must be a table such as {{ \"dm/convnet\" = \">= 0.8\" }}")
+        else:
+            for metric, text in expect_raw.items():
+                try:
+                    expects.append(Expectation.parse(metric, text))
+                except ValueError as exc:
+                    problems.append(f"{where}.expect.{metric}: {exc}")
+        if plugin is None:
+            continue
+        valid = [*PROBE_KEYS, *plugin.Options.model_fields]
+        opts = _validate_plugin_options(plugin.Options, table, where, valid, problems)
+        if opts is None:
+            continue
+        _check_references(opts, where, models, distilled, problems)
+        probes.append(ProbeSpec(pid, kind, plugin, opts, expects))
+
+    report = _validate(ReportSection, raw.get("report", {}), "report", problems) or ReportSection()
+    for i, fmt in enumerate(report.formats):
+        _lookup("reporter", fmt, f"report.formats[{i}]", problems)
+
+    if problems or data is None:
+        raise SpecError(problems or ["data: invalid"], file=file)
+    return Spec(path, sha, study, data, train, pretrain, models, distilled, probes, report, raw)
+
+
+def _validate_plugin_options(options_model: type[BaseModel], table: dict, where: str, valid: list[str],
+                             problems: list[str]) -> BaseModel | None:
+    before = len(problems)
+    opts = _validate(options_model, table, where, problems)
+    # re-word "unknown key" hints so they include the reserved keys too
+    for j in range(before, len(problems)):
+        if ": unknown key " in problems[j]:
+            head, _, _ = problems[j].partition("; ")
+            key = head.rsplit("'", 2)[-2]
+            problems[j] = f"{head}; {suggest(key, valid)}"
+    return opts
+
+
+def _check_references(opts: BaseModel, where: str, models: dict, distilled: dict, problems: list[str]) -> None:
+    """Probe options named ``models``/``model`` must name [models] entries; ``sets`` must name distilled sets."""
+    for field_name in ("models", "model"):
+        value = getattr(opts, field_name, None)
+        names = value if isinstance(value, list) else ([value] if isinstance(value, str) else [])
+        for j, name in enumerate(names):
+            if name not in models:
+                loc = f"{where}.{field_name}" + (f"[{j}]" if isinstance(value, list) else "")
+                problems.append(f"{loc}: no model {name!r} in [models]; {suggest(name, models)}")
+    sets = getattr(opts, "sets", None)
+    if isinstance(sets, list):
+        for j, name in enumerate(sets):
+            if name not in distilled and not str(name).startswith("random_ipc"):
+                problems.append(f"{where}.sets[{j}]: no distilled set {name!r}; {suggest(name, distilled)}")
+
+
+def json_schema() -> dict[str, Any]:
+    """A JSON Schema for study specs, with each registered plugin's options (for editor validation)."""
+
+    def plugin_variants(kind: str, key: str, reserved: dict[str, Any]) -> list[dict[str, Any]]:
+        out = []
+        for name, plugin in sorted(registry.get_all(kind).items()):
+            schema = plugin.Options.model_json_schema()
+            props = {key: {"const": name, "description": plugin.description}, **reserved,
+                     **schema.get("properties", {})}
+            variant = {"type": "object", "properties": props, "required": [key],
+                       "additionalProperties": False}
+            if "$defs" in schema:
+                variant["$defs"] = schema["$defs"]
+            out.append(variant)
+        return out
+
+    expect = {"type": "object", "additionalProperties": {"type": ["string", "number"]},
+              "description": "metric (or glob) -> \">= 0.8\""}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "ddprobe study spec",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "study": StudySection.model_json_schema(),
+            "data": {"anyOf": plugin_variants("dataset", "dataset", {})},
+            "train": TrainRecipe.model_json_schema(),
+            "pretrain": TrainRecipe.model_json_schema(),
+            "models": {"type": "object", "additionalProperties": {"anyOf": plugin_variants("model", "arch", {})}},
+            "distilled": {"type": "object", "additionalProperties": {"anyOf": [
+                *plugin_variants("distiller", "distiller", {"ipc": {"type": "integer", "minimum": 1},
+                                                            "input_space": {"enum": ["study", "pixels"]}}),
+                {"type": "object", "required": ["path"], "additionalProperties": False, "properties": {
+                    "path": {"type": "string"}, "importer": {"type": "string"}, "ipc": {"type": "integer"},
+                    "input_space": {"enum": ["study", "pixels"]}}},
+            ]}},
+            "probe": {"type": "array", "items": {"anyOf": plugin_variants(
+                "probe", "kind", {"id": {"type": "string"}, "expect": expect})}},
+            "report": ReportSection.model_json_schema(),
+        },
+    }

@@ -1,0 +1,323 @@
+"""Run a study: resolve data, models and distilled sets; run probes with isolation, caching and provenance."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+from .cache import Cache
+from .context import DistillContext, StudyContext, resolve_device
+from .errors import DDProbeError
+from .plugins import get_plugins, load_plugins
+from .progress import Progress
+from .results import Check, DistilledRecord, ProbeRecord, ProbeResult, StudyResults
+
+if TYPE_CHECKING:
+    from .data import DistilledSet, RealData
+    from .spec import DistilledSpec, ProbeSpec, Spec
+
+
+@dataclass
+class Study:
+    """What lifecycle hooks receive: the spec, the context probes see, and the records so far."""
+
+    spec: Spec
+    context: StudyContext
+    output_dir: Path
+    records: list[ProbeRecord] = field(default_factory=list)
+    distilled: dict[str, DistilledRecord] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def _say(console: Any, text: str) -> None:
+    if console is not None:
+        console.print(text)
+
+
+def load_real(spec: Spec) -> RealData:
+    return spec.data.plugin.load(spec.data.options, spec.base_dir)
+
+
+def data_key(spec: Spec, real: RealData) -> dict[str, Any]:
+    """Identifies the real data by its spec and content, so cache entries never mix datasets."""
+    from .data import content_hash
+
+    return {**spec.data.key(), "train": content_hash(real.train.images, real.train.labels)[:16],
+            "test": content_hash(real.test.images, real.test.labels)[:16]}
+
+
+def make_cache(spec: Spec, no_cache: bool = False) -> Cache:
+    root = (spec.base_dir / spec.study.cache_dir) if spec.study.cache_dir else None
+    return Cache(root, read=not no_cache)
+
+
+def _distill_ctx(spec: Spec, real: RealData, cache: Cache, device: str, dkey: dict, progress: Progress,
+                 name: str) -> DistillContext:
+    ckpt = cache.root / "distill-checkpoints"
+    return DistillContext(spec.study.seed, real, spec.models, spec.train, cache, device, progress, dkey,
+                          spec.study.workers, name=name, checkpoint_dir=ckpt)
+
+
+def build_distilled(spec: Spec, dspec: DistilledSpec, real: RealData, cache: Cache, device: str, dkey: dict,
+                    progress: Progress) -> tuple[DistilledSet, bool]:
+    """Import or distill one set (distilled sets are cached by content of what makes them). Returns (set, cached)."""
+    from .builtin.importers import import_file
+    from .data import check_compatible, load_distilled, save_distilled
+
+    if dspec.path is not None:
+        ds = import_file(dspec.path, dspec.importer)
+        if dspec.input_space == "pixels":
+            ds.images = real.from_pixels(ds.images)
+            ds.manifest.sha256 = None
+            ds.__post_init__()
+        if ds.manifest.input_space is None:
+            ds.manifest.input_space = real.space
+        ds.classes = list(real.classes) if len(ds.classes) <= real.num_classes else ds.classes
+        ds.manifest.name = dspec.name
+        ds.manifest.source_dataset = ds.manifest.source_dataset or real.name
+        check_compatible(ds, real, where=f"{dspec.name!r} ({dspec.path})")
+        return ds, False
+    parts = {"distiller": dspec.distiller, "options": dspec.options.model_dump(mode="json"), "ipc": dspec.ipc,
+             "seed": spec.study.seed, "real": dkey,
+             "models": {k: v.key() for k, v in spec.models.items()} if dspec.distiller != "random" else None}
+    key = cache.key("distilled", parts)
+    found = cache.directory("distilled", key)
+    if found is not None:
+        cache.hits["distilled"] += 1
+        ds = load_distilled(found / "set.safetensors")
+        ds.manifest.name = dspec.name
+        return ds, True
+    cache.misses["distilled"] += 1
+    ctx = _distill_ctx(spec, real, cache, device, dkey, progress, dspec.name)
+    start = time.perf_counter()
+    ds = dspec.plugin.distill(real, dspec.ipc, dspec.options, ctx)
+    seconds = time.perf_counter() - start
+    ds = ds.to("cpu")
+    m = ds.manifest
+    m.name, m.distiller, m.ipc = dspec.name, dspec.distiller, dspec.ipc
+    m.options = dspec.options.model_dump(mode="json")
+    m.seed, m.seconds, m.source_dataset = spec.study.seed, seconds, real.name
+    m.input_space = m.input_space or real.space
+    m.ddprobe_version = __version__
+    check_compatible(ds, real, where=repr(dspec.name))
+    cache.store_directory("distilled", key, lambda d: save_distilled(ds, d / "set"))
+    return ds, False
+
+
+def _control_specs(spec: Spec, sets: dict[str, DistilledSet]) -> list[DistilledSpec]:
+    from . import registry
+    from .spec import DistilledSpec
+
+    random = registry.get_distiller("random")
+    ipcs = sorted({ds.manifest.ipc for ds in sets.values() if ds.manifest.ipc and ds.manifest.distiller != "random"})
+    return [DistilledSpec(f"random_ipc{k}", k, "random", random, random.Options()) for k in ipcs]
+
+
+def _probe_cache_key(ctx: StudyContext, spec: Spec, probe: ProbeSpec) -> str:
+    from . import registry
+
+    owner = registry.owner_of("probe", probe.kind)
+    versions = {p["name"]: p.get("version") for p in get_plugins(include_builtin=True)}
+    parts = {
+        "kind": probe.kind, "options": probe.options.model_dump(mode="json"), "seed": spec.study.seed,
+        "sets": {n: ds.manifest.sha256 for n, ds in ctx.distilled.items()},
+        "models": {k: v.key() for k, v in ctx.models.items()}, "train": spec.train.key(),
+        "pretrain": spec.pretrain.key(), "real": ctx.data_key, "ddprobe": __version__,
+        "plugin": [owner, versions.get(owner)],
+    }
+    return ctx.cache.key("probe-results", parts)
+
+
+def _store_probe(ctx: StudyContext, key: str, record: ProbeRecord) -> None:
+    def fill(d: Path) -> None:
+        for name, table in record.result.tables.items():
+            table.to_csv(d / f"table-{name}.csv", index=False)
+        figures = {}
+        for name, path in record.result.figures.items():
+            if Path(path).exists():
+                shutil.copy(path, d / f"figure-{name}.png")
+                figures[name] = Path(path).name
+        (d / "record.json").write_text(json.dumps({
+            "metrics": record.result.metrics, "summary": record.result.summary, "info": record.result.info,
+            "figures": figures, "tables": list(record.result.tables), "seconds": record.seconds,
+        }, default=str))
+
+    ctx.cache.store_directory("probe-results", key, fill)
+
+
+def _load_probe(ctx: StudyContext, key: str, probe: ProbeSpec) -> ProbeRecord | None:
+    import pandas as pd
+
+    d = ctx.cache.directory("probe-results", key)
+    if d is None:
+        return None
+    data = json.loads((d / "record.json").read_text())
+    figures = {}
+    fig_dir = ctx.output_dir / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    for name, filename in data["figures"].items():
+        target = fig_dir / filename
+        shutil.copy(d / f"figure-{name}.png", target)
+        figures[name] = target
+    tables = {name: pd.read_csv(d / f"table-{name}.csv") for name in data["tables"]}
+    result = ProbeResult(data["metrics"], tables, figures, data["summary"], data.get("info", {}))
+    return ProbeRecord(probe.id, probe.kind, "ok", data["seconds"], result, cached=True)
+
+
+def run_probe(study: Study, probe: ProbeSpec, use_cache: bool = True) -> ProbeRecord:
+    """Run one probe in isolation: an exception becomes an error record, never a lost study."""
+    ctx = study.context
+    ctx.probe_id = probe.id
+    key = _probe_cache_key(ctx, study.spec, probe)
+    record = _load_probe(ctx, key, probe) if use_cache else None
+    if record is not None:
+        ctx.cache.hits["probe-results"] += 1
+    else:
+        ctx.cache.misses["probe-results"] += 1
+        start = time.perf_counter()
+        try:
+            result = probe.plugin.run(ctx, probe.options)
+            if not isinstance(result, ProbeResult):
+                raise TypeError(f"probe {probe.kind!r} returned {type(result).__name__}, not a ProbeResult")
+            record = ProbeRecord(probe.id, probe.kind, "ok", time.perf_counter() - start, result)
+            _store_probe(ctx, key, record)
+        except Exception as exc:
+            record = ProbeRecord(probe.id, probe.kind, "error", time.perf_counter() - start, ProbeResult(),
+                                 error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+    if record.status == "ok":
+        checks: list[Check] = []
+        for expectation in probe.expect:
+            checks.extend(expectation.check(record.result.metrics))
+        record.checks = checks
+    ctx.probe_id = ""
+    return record
+
+
+def provenance(device: str, cache: Cache) -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "ddprobe": __version__, "python": platform.python_version(), "platform": platform.platform(),
+        "torch": torch.__version__, "device": device, "cache_dir": str(cache.root),
+        "plugins": {p["name"]: p.get("version") for p in get_plugins()},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def prepare(spec: Spec, output_dir: Path, no_cache: bool = False, console: Any = None,
+            progress: Progress | None = None) -> Study:
+    """Resolve data and distilled sets; return a Study ready to run probes. Distiller failures are recorded."""
+    import torch
+
+    load_plugins()
+    progress = progress or Progress(enabled=False)
+    device = resolve_device(spec.study.device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DDProbeError(f"study.device is {spec.study.device!r} but CUDA is not available; use 'auto' or 'cpu'")
+    cache = make_cache(spec, no_cache)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    real = load_real(spec)
+    dkey = data_key(spec, real)
+    sets: dict[str, DistilledSet] = {}
+    records: dict[str, DistilledRecord] = {}
+    errors: list[str] = []
+
+    def add(dspec: DistilledSpec, control: bool = False) -> None:
+        start = time.perf_counter()
+        try:
+            ds, cached = build_distilled(spec, dspec, real, cache, device, dkey, progress)
+        except Exception as exc:
+            msg = f"{type(exc).__name__}: {exc}"
+            records[dspec.name] = DistilledRecord(dspec.name, dspec.distiller, dspec.ipc, 0, "", None,
+                                                  str(dspec.path) if dspec.path else None, control, "error", msg)
+            errors.append(f"distilled set {dspec.name!r}: {msg}")
+            _say(console, f"[red]distilled set {dspec.name!r} failed:[/red] {msg}")
+            return
+        sets[dspec.name] = ds
+        m = ds.manifest
+        records[dspec.name] = DistilledRecord(
+            dspec.name, m.distiller, m.ipc, len(ds), m.sha256 or "",
+            m.seconds if cached or dspec.path else time.perf_counter() - start,
+            str(dspec.path) if dspec.path else None, control)
+
+    for dspec in spec.distilled.values():
+        with progress.task(f"distilled set {dspec.name}", total=None):
+            add(dspec)
+    controls = _control_specs(spec, sets) if spec.study.control else []
+    for cspec in controls:
+        if cspec.name not in sets:
+            add(cspec, control=True)
+    ctx = StudyContext(spec.study.seed, real, spec.models, spec.train, cache, device, progress, dkey,
+                       spec.study.workers, distilled=sets, pretrain_recipe=spec.pretrain, output_dir=output_dir,
+                       controls={c.name for c in controls})
+    return Study(spec, ctx, output_dir, distilled=records, errors=errors)
+
+
+def run_study(spec: Spec | str | Path, output_dir: str | Path | None = None, only: list[str] | None = None,
+              no_cache: bool = False, console: Any = None, progress: bool = False,
+              reporters: list[str] | None = None) -> StudyResults:
+    """Run a study end to end and write its reports. Returns the results; ``results.exit_code`` for CI."""
+    from . import registry
+    from .plugins import pm
+    from .spec import load_spec
+
+    if not hasattr(spec, "probes"):
+        spec = load_spec(spec)  # type: ignore[arg-type]
+    assert not isinstance(spec, (str, Path))
+    out = Path(output_dir) if output_dir else Path("runs") / spec.study.name
+    if only:
+        ids = {p.id for p in spec.probes}
+        unknown = [o for o in only if o not in ids]
+        if unknown:
+            from .errors import SpecError, suggest
+
+            raise SpecError([f"--only {u}: no probe with that id; {suggest(u, ids)}" for u in unknown],
+                            file=str(spec.path) if spec.path else None)
+    bar = Progress(enabled=progress, console=console)
+    started = time.perf_counter()
+    study = prepare(spec, out, no_cache=no_cache, console=console, progress=bar)
+    pm.hook.study_started(study=study)
+    for probe in spec.probes:
+        if only and probe.id not in only:
+            continue
+        with bar.task(f"probe {probe.id}", total=None):
+            record = run_probe(study, probe, use_cache=not no_cache)
+        study.records.append(record)
+        if record.status != "ok":
+            _say(console, f"[red]probe {probe.id} failed:[/red] {record.error}")
+        pm.hook.probe_finished(study=study, probe=probe, result=record)
+    results = StudyResults(
+        name=spec.study.name, seed=spec.study.seed, spec_sha256=spec.sha256,
+        spec_path=str(spec.path) if spec.path else None, provenance=provenance(study.context.device, study.context.cache),
+        distilled=study.distilled, probes=study.records, output_dir=out, errors=study.errors,
+    )
+    results.seconds = time.perf_counter() - started
+    results.provenance["cache"] = study.context.cache.stats()
+    pm.hook.study_finished(study=study, results=results)
+    write_tables(results)
+    for fmt in reporters if reporters is not None else spec.report.formats:
+        try:
+            registry.get_reporter(fmt).write(results, out)
+        except Exception as exc:
+            results.errors.append(f"reporter {fmt!r}: {type(exc).__name__}: {exc}")
+            _say(console, f"[red]reporter {fmt} failed:[/red] {exc}")
+    return results
+
+
+def write_tables(results: StudyResults) -> None:
+    """Every probe table as ``tables/<probe id>-<table>.csv``."""
+    tables = results.output_dir / "tables"
+    for record in results.probes:
+        for name, table in record.result.tables.items():
+            tables.mkdir(parents=True, exist_ok=True)
+            table.to_csv(tables / f"{record.id}-{name}.csv", index=False)
