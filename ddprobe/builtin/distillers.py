@@ -1,10 +1,18 @@
-"""Built-in distillers. ``random`` (a stratified random real subset) is also the study's control."""
+"""Built-in distillers. ``random`` (a stratified random real subset) is also the study's control.
+
+The matching-based distillers live in their own modules, listed in ``DISTILLER_MODULES``; each exposes
+``DISTILLERS``, a tuple of classes to register.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 from pydantic import BaseModel, ConfigDict
 
 from ..hookspecs import hookimpl
+
+DISTILLER_MODULES: tuple[str, ...] = ()
 
 
 class RandomReal:
@@ -35,3 +43,6 @@ class RandomReal:
 @hookimpl
 def register_distillers(register):
     register(RandomReal())
+    for name in DISTILLER_MODULES:
+        for cls in importlib.import_module(name).DISTILLERS:
+            register(cls())
