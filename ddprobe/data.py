@@ -32,15 +32,19 @@ class InputSpace(BaseModel):
         out = []
         if list(self.shape) != list(other.shape):
             out.append(f"image shape {list(self.shape)} vs {list(other.shape)}")
-        if len(self.mean) != len(other.mean) or any(abs(a - b) > 1e-3 for a, b in zip(self.mean, other.mean)):
+        if not _close(self.mean, other.mean):
             out.append(f"normalization mean {_fmt(self.mean)} vs {_fmt(other.mean)}")
-        if len(self.std) != len(other.std) or any(abs(a - b) > 1e-3 for a, b in zip(self.std, other.std)):
+        if not _close(self.std, other.std):
             out.append(f"normalization std {_fmt(self.std)} vs {_fmt(other.std)}")
         if self.zca != other.zca:
             out.append(f"ZCA whitening {'on' if self.zca else 'off'} vs {'on' if other.zca else 'off'}")
         elif self.zca and self.zca_id and other.zca_id and self.zca_id != other.zca_id:
             out.append(f"ZCA transform {self.zca_id} vs {other.zca_id}")
         return out
+
+
+def _close(a: list[float], b: list[float], tol: float = 1e-3) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= tol for x, y in zip(a, b, strict=True))
 
 
 def _fmt(values: list[float]) -> str:

@@ -103,21 +103,31 @@ def _loc(prefix: str, loc: tuple) -> str:
     return out
 
 
+_UNION_TAGS = {"float", "int", "str", "bool", "list", "dict", "none", "function-after", "function-before"}
+
+
+def _is_union_tag(part: object) -> bool:
+    """pydantic adds the union member (``float``, ``literal['learned']``) to an error's location."""
+    return isinstance(part, str) and (part in _UNION_TAGS or "[" in part)
+
+
 def _pydantic_problems(prefix: str, exc: ValidationError, model: type[BaseModel] | None) -> list[str]:
-    problems = []
     valid = list(model.model_fields) if model is not None else []
+    merged: dict[str, list[str]] = {}
     for err in exc.errors():
-        where = _loc(prefix, tuple(err["loc"]))
+        loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
+        where = _loc(prefix, loc)
         if err["type"] == "extra_forbidden":
             key = str(err["loc"][-1])
-            problems.append(f"{where}: unknown key {key!r}; {suggest(key, valid)}")
+            text = f"unknown key {key!r}; {suggest(key, valid)}"
         elif err["type"] == "missing":
-            problems.append(f"{where}: required key is missing")
+            text = "required key is missing"
         else:
             got = err.get("input")
             got_text = f" (got {got!r})" if not isinstance(got, dict) and got is not None else ""
-            problems.append(f"{where}: {err['msg']}{got_text}")
-    return problems
+            text = err["msg"].removeprefix("Value error, ") + got_text
+        merged.setdefault(where, []).append(text)
+    return [f"{where}: " + " or ".join(dict.fromkeys(texts)) for where, texts in merged.items()]
 
 
 def _validate(model: type[BaseModel], data: Any, prefix: str, problems: list[str]) -> BaseModel | None:

@@ -298,7 +298,8 @@ def run_study(spec: Spec | str | Path, output_dir: str | Path | None = None, onl
         pm.hook.probe_finished(study=study, probe=probe, result=record)
     results = StudyResults(
         name=spec.study.name, seed=spec.study.seed, spec_sha256=spec.sha256,
-        spec_path=str(spec.path) if spec.path else None, provenance=provenance(study.context.device, study.context.cache),
+        spec_path=str(spec.path) if spec.path else None,
+        provenance=provenance(study.context.device, study.context.cache),
         distilled=study.distilled, probes=study.records, output_dir=out, errors=study.errors,
     )
     results.seconds = time.perf_counter() - started

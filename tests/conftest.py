@@ -23,6 +23,21 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DDPROBE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
+@pytest.fixture(autouse=True)
+def _restore_plugins():
+    """Unregister plugins a test registered (local plugin files, test plugins) so tests stay independent."""
+    from ddprobe import registry
+    from ddprobe.plugins import load_plugins
+
+    pm = load_plugins()
+    before = {pm.get_name(p) for p in pm.get_plugins()}
+    yield
+    for plugin in list(pm.get_plugins()):
+        if pm.get_name(plugin) not in before:
+            pm.unregister(plugin)
+    registry.invalidate()
+
+
 @pytest.fixture(scope="session")
 def digits():
     """The full digits RealData (1437 train / 360 test, 1x8x8)."""

@@ -152,7 +152,7 @@ class ImageFolderDataset:
 
         def read(split: str):
             ds = torchvision.datasets.ImageFolder(str(folder / split), transform=tf)
-            xs, ys = zip(*[ds[i] for i in range(len(ds))]) if len(ds) else ((), ())
+            xs, ys = zip(*[ds[i] for i in range(len(ds))], strict=True) if len(ds) else ((), ())
             return torch.stack(list(xs)), torch.tensor(list(ys)), ds.classes
 
         tx, ty, classes = read("train")

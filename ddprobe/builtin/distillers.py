@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..hookspecs import hookimpl
 
-DISTILLER_MODULES: tuple[str, ...] = ()
+DISTILLER_MODULES: tuple[str, ...] = ("ddprobe.builtin.distiller_matching",)
 
 
 class RandomReal:

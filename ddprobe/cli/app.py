@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
 
 import typer
 
@@ -28,7 +27,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
+    version: bool | None = typer.Option(None, "--version", callback=_version, is_eager=True,
                                            help="Show the version and exit."),
 ) -> None:
     """Probe what a distilled dataset really contains."""
@@ -37,8 +36,9 @@ def root(
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print an error (no traceback unless DDPROBE_DEBUG=1) and return the Exit to raise."""
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(message)}", highlight=False)
     if os.environ.get("DDPROBE_DEBUG"):
         import traceback
 

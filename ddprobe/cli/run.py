@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -19,8 +18,8 @@ def _console():
 @app.command()
 def run(
     spec: Path = typer.Argument(..., help="Study spec (TOML), e.g. specs/study.toml"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default runs/<study name>)"),
-    only: Optional[list[str]] = typer.Option(None, "--only", help="Run only this probe id (repeatable)"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Output folder (default runs/<study name>)"),
+    only: list[str] | None = typer.Option(None, "--only", help="Run only this probe id (repeatable)"),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute everything instead of reusing the cache"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or report on the console"),
 ) -> None:
@@ -47,7 +46,7 @@ def run(
 @app.command()
 def distill(
     spec: Path = typer.Argument(..., help="Study spec (TOML)"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder (default runs/<study>/distilled)"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Folder (default runs/<study>/distilled)"),
     no_cache: bool = typer.Option(False, "--no-cache", help="Distill again even when a cached set exists"),
 ) -> None:
     """Build (or import) the spec's distilled sets and save each in ddprobe's format with a PNG grid."""

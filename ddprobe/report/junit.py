@@ -13,7 +13,7 @@ def render(results: StudyResults) -> str:
     tests = failures = errors = 0
     for name, d in results.distilled.items():
         if d.status != "ok":
-            case = ET.SubElement(suite, "testcase", classname=f"ddprobe.distilled", name=name)
+            case = ET.SubElement(suite, "testcase", classname="ddprobe.distilled", name=name)
             ET.SubElement(case, "error", message=d.error or "failed").text = d.error
             tests += 1
             errors += 1
