@@ -147,7 +147,8 @@ def registered(plugin: object, name: str | None = None) -> Iterator[object]:
     try:
         yield plugin
     finally:
-        pm.unregister(name=name)
+        if pm.get_plugin(name) is not None:
+            pm.unregister(name=name)
         registry.invalidate()
 
 
@@ -219,7 +220,8 @@ def ddprobe_register() -> Iterator[Callable[..., object]]:
 
     yield register
     for name in reversed(names):
-        pm.unregister(name=name)
+        if pm.get_plugin(name) is not None:
+            pm.unregister(name=name)
     registry.invalidate()
 
 
@@ -387,34 +389,44 @@ class _ModelWatch:
     """Records models a probe receives from the context, to check it leaves them as found."""
 
     def __init__(self) -> None:
-        self.handed: list[tuple[str, Any, list[bool], list[bool], list[bool], str]] = []
+        self.handed: list[tuple[str, Any, list[bool], list[bool], list[str], str]] = []
+        self._depth = 0
+
+    @staticmethod
+    def _grads(params: list[Any]) -> list[str]:
+        return ["none" if p.grad is None else _fingerprint(p.grad.detach()) for p in params]
 
     def wrap(self, ctx: Any, method: str) -> None:
         original = getattr(ctx, method)
 
         def watched(*args: Any, **kwargs: Any) -> Any:
-            net = original(*args, **kwargs)
-            params = list(net.parameters())
-            self.handed.append((f"ctx.{method}({', '.join(map(repr, args))})", net,
-                                [m.training for m in net.modules()], [p.requires_grad for p in params],
-                                [p.grad is None for p in params],
-                                _fingerprint(*[p.detach() for p in params])))
+            self._depth += 1  # ctx.pretrained calls ctx.trained: record the outermost call only
+            try:
+                net = original(*args, **kwargs)
+            finally:
+                self._depth -= 1
+            if self._depth == 0:
+                params = list(net.parameters())
+                shown = ", ".join(repr(a) for a in args if isinstance(a, (str, int, float)))
+                self.handed.append((f"ctx.{method}({shown})", net, [m.training for m in net.modules()],
+                                    [p.requires_grad for p in params], self._grads(params),
+                                    _fingerprint(*[p.detach() for p in params])))
             return net
 
         setattr(ctx, method, watched)
 
     def problems(self) -> list[str]:
         out = []
-        for where, net, modes, requires, no_grad, weights in self.handed:
+        for where, net, modes, requires, grads, weights in self.handed:
             params = list(net.parameters())
             if [m.training for m in net.modules()] != modes:
                 out.append(f"the model from {where} was left in a different train/eval mode (use "
                            "ddprobe.training.eval_mode or restore each module's mode)")
             if [p.requires_grad for p in params] != requires:
                 out.append(f"the model from {where} was left with different requires_grad flags")
-            if [p.grad is None for p in params] != no_grad:
-                out.append(f"the model from {where} was left with gradients in .grad (use "
-                           "torch.autograd.grad, or set them back to None)")
+            if self._grads(params) != grads:
+                out.append(f"the model from {where} was left with changed gradients in .grad (use "
+                           "torch.autograd.grad, or put .grad back as it was)")
             if _fingerprint(*[p.detach() for p in params]) != weights:
                 out.append(f"the weights of the model from {where} changed; train a copy (copy.deepcopy)")
         return out
