@@ -10,6 +10,7 @@ PROBE_MODULES = (
     "ddprobe.builtin.probe_evaluate",
     "ddprobe.builtin.probe_recognition",
     "ddprobe.builtin.probe_pixels",
+    "ddprobe.builtin.probe_agreement",
 )
 
 

@@ -1,0 +1,309 @@
+"""Train many models of one architecture under one recipe, together (vmap) or one by one.
+
+``train_many`` is the engine behind agreement pools, mixing, sensitivity cells and recognition curves. Each
+:class:`TrainJob` is one model: its initialization comes from the seed stream ``init:<seed_name>`` and its batch
+order and augmentation from ``train:<seed_name>``, exactly as :meth:`StudyContext.train` does, so a job gives the
+same model (up to floating-point rounding) whichever way it is trained.
+
+Batched mode stacks the parameters of up to ``chunk`` models and runs forward and backward for all of them in one
+call (``torch.func.functional_call`` + ``vmap`` + ``grad``). Jobs may have different data sizes: each step every
+model draws its own batch, batches are padded to a common size and padded examples carry zero weight; a model whose
+schedule has ended stops updating. The optimizer (SGD with momentum, or Adam; weight decay; step or cosine
+schedule) is applied functionally to the stacked parameters with the same formulas as ``torch.optim``.
+
+Models with buffers (BatchNorm running statistics) train one by one. ``mode="auto"`` measures a few steps both
+ways on the device at hand and keeps the faster; the choice is remembered per device, architecture and batch shape.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+    from .data import LabeledData
+    from .training import TrainRecipe
+
+Mode = Literal["auto", "batched", "sequential"]
+# observe(step, job_indices, logits_fn): logits_fn(images) -> [len(job_indices), N, classes], no gradients.
+Observer = Callable[[int, list[int], Callable[["torch.Tensor"], "torch.Tensor"]], None]
+
+_CHOICES: dict[str, str] = {}
+LAST_CHOICE: dict[str, Any] = {}
+
+
+@dataclass
+class TrainJob:
+    """One model to train: the seed stream, the data and optionally the rows of it to use."""
+
+    seed_name: str
+    data: LabeledData
+    indices: torch.Tensor | None = None
+    learned_lr: float | None = None
+
+    @property
+    def size(self) -> int:
+        return int(self.indices.numel()) if self.indices is not None else len(self.data)
+
+    def materialize(self) -> LabeledData:
+        return self.data if self.indices is None else self.data.subset(self.indices)
+
+
+def supports_batching(model: torch.nn.Module) -> bool:
+    """Stacked training needs stateless layers: no buffers (BatchNorm statistics), no dropout."""
+    import torch
+
+    if any(True for _ in model.buffers()):
+        return False
+    return not any(isinstance(m, torch.nn.modules.dropout._DropoutNd) for m in model.modules())
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """The schedule's multiplier for optimizer step ``step`` (1-based), matching torch's schedulers in train()."""
+    if schedule == "step":
+        return 0.1 if step - 1 >= max(1, total // 2) else 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * (step - 1) / max(1, total)))
+    return 1.0
+
+
+def train_many(ctx: Any, model_name: str, jobs: Sequence[TrainJob], recipe: TrainRecipe, *,
+               observe: Observer | None = None, every: int = 1,
+               on_done: Callable[[int, torch.nn.Module], Any] | None = None,
+               mode: Mode = "auto", chunk: int = 32, task: Any = None) -> list[Any]:
+    """Train every job; return ``on_done(i, model)`` (default: the model, in eval mode) for each, in order.
+
+    ``observe`` is called at step 0 and after every ``every``-th step (and the last) with the indices of the jobs
+    still training and a function giving their logits. ``task`` (a progress task) advances once per model done.
+    """
+    jobs = list(jobs)
+    if not jobs:
+        return []
+    chosen = choose_mode(ctx, model_name, jobs, recipe, mode, chunk)
+    out: list[Any] = [None] * len(jobs)
+    if chosen == "sequential":
+        for i, job in enumerate(jobs):
+            out[i] = _train_one(ctx, model_name, i, job, recipe, observe, every, on_done)
+            if task is not None:
+                task.advance()
+        return out
+    for start in range(0, len(jobs), chunk):
+        group = list(range(start, min(len(jobs), start + chunk)))
+        for i, res in zip(group, _train_stacked(ctx, model_name, [jobs[i] for i in group], group, recipe,
+                                                observe, every, on_done), strict=True):
+            out[i] = res
+        if task is not None:
+            task.advance(len(group))
+    return out
+
+
+# -- one by one -------------------------------------------------------------------------------------------------
+
+def _train_one(ctx, model_name, i, job, recipe, observe, every, on_done, max_steps: int | None = None):
+    from .training import TrainState, predict
+
+    net = ctx.build_model(model_name, job.seed_name)
+    callbacks = []
+    if observe is not None:
+        def cb(state: TrainState) -> None:
+            if state.step % every == 0 or state.step == state.total:
+                observe(state.step, [i], lambda x: predict(state.model, x).unsqueeze(0))
+        callbacks.append(cb)
+    use = recipe if max_steps is None else recipe.model_copy(update={"steps": max_steps, "epochs": None})
+    ctx.train(net, job.materialize(), use, seed_name=job.seed_name, callbacks=callbacks, learned_lr=job.learned_lr)
+    return on_done(i, net) if on_done is not None else net
+
+
+# -- stacked ----------------------------------------------------------------------------------------------------
+
+def _train_stacked(ctx, model_name, jobs, ids, recipe, observe, every, on_done, max_steps: int | None = None):
+    import torch
+    from torch.func import functional_call, grad_and_value, vmap
+
+    from .augment import get_augmentation
+    from .training import _batches
+
+    device = ctx.device
+    nets = [ctx.build_model(model_name, job.seed_name) for job in jobs]
+    base = nets[0]
+    names = [n for n, _ in base.named_parameters()]
+    params = {n: torch.stack([dict(net.named_parameters())[n].detach() for net in nets]).to(device) for n in names}
+    k = len(jobs)
+
+    # One tensor per distinct data object; each job's rows as global indices into the concatenation.
+    pools: dict[int, int] = {}
+    blocks_x, blocks_y, offset = [], [], 0
+    soft = any(job.data.soft for job in jobs)
+    num_classes = jobs[0].data.num_classes
+    rows = []
+    for job in jobs:
+        key = id(job.data)
+        if key not in pools:
+            pools[key] = offset
+            labels = job.data.labels
+            if soft and labels.dim() == 1:
+                labels = torch.nn.functional.one_hot(labels, num_classes).float()
+            blocks_x.append(job.data.images)
+            blocks_y.append(labels)
+            offset += len(job.data)
+        local = job.indices if job.indices is not None else torch.arange(len(job.data))
+        rows.append(local.long().cpu() + pools[key])
+    images = torch.cat([b.to(device) for b in blocks_x]) if len(blocks_x) > 1 else blocks_x[0].to(device)
+    labels = torch.cat([b.to(device) for b in blocks_y]) if len(blocks_y) > 1 else blocks_y[0].to(device)
+
+    sizes = [job.size for job in jobs]
+    totals = [recipe.total_steps(n) for n in sizes]
+    if max_steps is not None:
+        totals = [min(t, max_steps) for t in totals]
+    lrs = [recipe.resolved_lr(job.learned_lr) for job in jobs]
+    gens = [ctx.rng(f"train:{job.seed_name}") for job in jobs]
+    iters = [_batches(n, recipe.batch(n), t, g) for n, t, g in zip(sizes, totals, gens, strict=True)]
+    augment = get_augmentation(recipe.augment)
+    steps = max(totals)
+
+    def loss_one(p, x, y, w):
+        logits = functional_call(base, p, (x,))
+        if y.dim() == 2:
+            losses = -(y * torch.log_softmax(logits, dim=1)).sum(dim=1)
+        else:
+            losses = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+        return (losses * w).sum() / w.sum().clamp_min(1.0)
+
+    grad_fn = vmap(grad_and_value(loss_one))
+    forward = vmap(lambda p, x: functional_call(base, p, (x,)), in_dims=(0, None))
+
+    def logits_fn(active: list[int]):
+        sel = torch.tensor(active, device=device)
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            sub = {n: v.index_select(0, sel) for n, v in params.items()}
+            base.eval()
+            with torch.no_grad():
+                outs = [forward(sub, x[s : s + 1024].to(device)) for s in range(0, x.shape[0], 1024)]
+            base.train()
+            return torch.cat(outs, dim=1)
+        return fn
+
+    state = {n: torch.zeros_like(v) for n, v in params.items()}
+    state2 = {n: torch.zeros_like(v) for n, v in params.items()} if recipe.optimizer == "adam" else None
+    counts = torch.zeros(k, device=device)
+    base.train()
+    if observe is not None:
+        observe(0, list(ids), logits_fn(list(range(k))))
+    for step in range(1, steps + 1):
+        active = [j for j in range(k) if step <= totals[j]]
+        xs, ys = [], []
+        for j in range(k):
+            if step > totals[j]:
+                xs.append(None)
+                ys.append(None)
+                continue
+            idx = next(iters[j])
+            glob = rows[j] if idx is None else rows[j][idx]
+            glob = glob.to(device)
+            x = images.index_select(0, glob)
+            if augment is not None:
+                x = augment(x, gens[j])
+            xs.append(x)
+            ys.append(labels.index_select(0, glob))
+        width = max(x.shape[0] for x in xs if x is not None)
+        X = images.new_zeros((k, width, *images.shape[1:]))
+        Y = labels.new_zeros((k, width, *labels.shape[1:]))
+        W = images.new_zeros((k, width))
+        for j, (x, y) in enumerate(zip(xs, ys, strict=True)):
+            if x is not None:
+                X[j, : x.shape[0]] = x
+                Y[j, : y.shape[0]] = y
+                W[j, : x.shape[0]] = 1.0
+        grads, _ = grad_fn(params, X, Y, W)
+        act = torch.zeros(k, device=device)
+        act[active] = 1.0
+        lr_vec = torch.tensor([lrs[j] * lr_factor(recipe.schedule, step, totals[j]) if step <= totals[j] else 0.0
+                               for j in range(k)], device=device, dtype=images.dtype)
+        counts = counts + act
+        with torch.no_grad():
+            for n in names:
+                p, g = params[n], grads[n]
+                shape = (k,) + (1,) * (p.dim() - 1)
+                a = act.view(shape).bool()
+                if recipe.weight_decay:
+                    g = g + recipe.weight_decay * p
+                if recipe.optimizer == "adam":
+                    b1, b2, eps = 0.9, 0.999, 1e-8
+                    m = torch.where(a, b1 * state[n] + (1 - b1) * g, state[n])
+                    v = torch.where(a, b2 * state2[n] + (1 - b2) * g * g, state2[n])
+                    state[n], state2[n] = m, v
+                    t = counts.clamp_min(1).view(shape)
+                    upd = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+                else:
+                    buf = torch.where(a, recipe.momentum * state[n] + g, state[n])
+                    state[n] = buf
+                    upd = buf
+                params[n] = p - lr_vec.view(shape) * upd
+        if observe is not None and active and (step % every == 0 or any(step == totals[j] for j in active)):
+            observe(step, [ids[j] for j in active], logits_fn(active))
+    results = []
+    with torch.no_grad():
+        for j, net in enumerate(nets):
+            for n, p in net.named_parameters():
+                p.copy_(params[n][j])
+            net.eval()
+            results.append(on_done(ids[j], net) if on_done is not None else net)
+    return results
+
+
+# -- choosing -------------------------------------------------------------------------------------------------
+
+def choose_mode(ctx: Any, model_name: str, jobs: Sequence[TrainJob], recipe: TrainRecipe, mode: Mode,
+                chunk: int) -> str:
+    """``batched`` or ``sequential``: as asked, or for ``auto`` by timing a few steps of each on this device."""
+    probe_net = ctx.build_model(model_name, "batched:probe")
+    if mode == "sequential" or len(jobs) < 2 or not supports_batching(probe_net):
+        return "sequential"
+    if mode == "batched":
+        return "batched"
+    import json
+
+    k = min(len(jobs), chunk)
+    sizes = sorted(job.size for job in jobs)
+    batch = recipe.batch(sizes[len(sizes) // 2])
+    key = json.dumps([str(ctx.device), ctx.models[model_name].key(), batch, recipe.augment, recipe.optimizer, k],
+                     sort_keys=True, default=str)
+    if key not in _CHOICES:
+        per_model = measure(ctx, model_name, list(jobs)[:k], recipe, steps=3)
+        _CHOICES[key] = "batched" if per_model["batched"] < per_model["sequential"] else "sequential"
+        LAST_CHOICE.clear()
+        LAST_CHOICE.update(per_model, choice=_CHOICES[key], models=k)
+    return _CHOICES[key]
+
+
+def measure(ctx: Any, model_name: str, jobs: Sequence[TrainJob], recipe: TrainRecipe, steps: int = 3) -> dict:
+    """Seconds per model-step, stacked and one by one, after one warm-up step of each (for ``auto``)."""
+    import torch
+
+    def sync() -> None:
+        if str(ctx.device).startswith("cuda"):
+            torch.cuda.synchronize()
+
+    jobs = list(jobs)
+    ids = list(range(len(jobs)))
+    _train_stacked(ctx, model_name, jobs, ids, recipe, None, 1, lambda i, n: None, max_steps=1)
+    sync()
+    t0 = time.perf_counter()
+    _train_stacked(ctx, model_name, jobs, ids, recipe, None, 1, lambda i, n: None, max_steps=steps)
+    sync()
+    stacked = (time.perf_counter() - t0) / (len(jobs) * steps)
+    _train_one(ctx, model_name, 0, jobs[0], recipe, None, 1, lambda i, n: None, max_steps=1)
+    sync()
+    t0 = time.perf_counter()
+    reps = min(3, len(jobs))
+    for j in range(reps):
+        _train_one(ctx, model_name, j, jobs[j], recipe, None, 1, lambda i, n: None, max_steps=steps)
+    sync()
+    single = (time.perf_counter() - t0) / (reps * steps)
+    return {"batched": stacked, "sequential": single}

@@ -1,0 +1,193 @@
+"""``agreement`` (paper A.6, Fig. 4): do distilled-trained models predict like early-stopped or subset-trained ones?"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..results import ProbeResult
+from ..training import RecipeOverride
+
+SUBSET_COLOR, EARLY_COLOR = "#FFC20A", "#0C7BDC"  # the paper's Fig. 4 colours
+
+
+def distilled_jobs(ctx, sets, seeds: int, recipe, prefix: str):
+    """TrainJobs (and cache data ids) for every set and seed; a set without a learned lr falls back to 0.01."""
+    from ..batched import TrainJob
+
+    jobs, ids, keys, recipes = [], [], [], {}
+    for set_name, ds in sets.items():
+        use = recipe
+        if recipe.lr == "learned" and ds.manifest.learned_lr is None:
+            use = recipe.model_copy(update={"lr": 0.01})
+        recipes[set_name] = use
+        for s in range(seeds):
+            jobs.append(TrainJob(f"{prefix}:{set_name}:{s}", ds, None, ds.manifest.learned_lr))
+            ids.append(ds.manifest.sha256)
+            keys.append((set_name, s))
+    return jobs, ids, keys, recipes
+
+
+class Agreement:
+    name = "agreement"
+    description = "prediction agreement of distilled-trained models with early-stopped vs subset-trained real models"
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        models: list[str] = Field([], description="architectures from [models] (default: all)")
+        sets: list[str] = Field([], description="distilled sets (default: all, controls included)")
+        seeds: int = Field(1, ge=1, description="distilled-trained models per set (the paper used 1)")
+        recipe: RecipeOverride = Field(RecipeOverride(), description="changes to [train] for distilled-trained models")
+        real_recipe: RecipeOverride = Field(
+            RecipeOverride(), description="changes to [pretrain] (optimizer, lr, momentum) for both real pools")
+        batch_size: int = Field(256, ge=1, description="mini-batch of both real pools (paper: 256)")
+        subset_models: int = Field(520, ge=1, description="subset-trained pool size (paper: 520)")
+        subset_fraction: tuple[float, float] = Field(
+            (0.005, 0.05), description="range of the per-class fraction each subset model keeps (paper: 0.5%-5%)")
+        subset_epochs: int = Field(100, ge=1, description="epochs over its subset per subset model (paper: 100)")
+        early_runs: int = Field(30, ge=1, description="early-stopped runs (paper: 30)")
+        early_steps: int | None = Field(None, ge=1, description="steps recorded per run (default: one epoch)")
+        band: float = Field(0.02, gt=0, description="subset models match when |accuracy - distilled| <= band / 2")
+        matching: Literal["centered", "paper"] = Field(
+            "centered", description="'paper': the notebook's rounded buckets [q, q+1] percent instead of the band")
+        nearest: int = Field(5, ge=0, description="when no subset model is in the band, use this many closest")
+        training: Literal["auto", "batched", "sequential"] = Field(
+            "auto", description="train pool models stacked (vmap), one by one, or whichever is faster here")
+        chunk: int = Field(32, ge=1, description="models per stacked batch")
+
+    def run(self, ctx, options: Options) -> ProbeResult:
+        import math
+
+        import pandas as pd
+        import torch
+
+        from .. import batched
+        from ..pools import agreement, early_pool, match_step, match_subset, subset_pool, trained_models
+        from ..training import accuracy, predict
+
+        low, high = options.subset_fraction
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"subset_fraction must satisfy 0 < low <= high <= 1, got {options.subset_fraction}")
+        models = ctx.select_models(options.models)
+        sets = ctx.select_sets(options.sets)
+        recipe = options.recipe.apply(ctx.recipe)
+        real = options.real_recipe.apply(ctx.pretrain_recipe)
+        subset_recipe = real.model_copy(update={"epochs": options.subset_epochs, "steps": None,
+                                                "batch_size": options.batch_size})
+        n_train = len(ctx.real.train)
+        early_steps = options.early_steps or math.ceil(n_train / min(options.batch_size, n_train))
+        early_recipe = real.model_copy(update={"epochs": None, "steps": early_steps, "batch_size": options.batch_size})
+        test_x, test_y = ctx.real.test.images.to(ctx.device), ctx.real.test.labels
+        metrics: dict[str, float] = {}
+        values, rows, pool_rows, curve_rows = [], [], [], []
+        info: dict = {"trained": {}, "early_steps": early_steps}
+        for model in models:
+            sub = subset_pool(ctx, model, options.subset_models, (low, high), subset_recipe, mode=options.training,
+                              chunk=options.chunk)
+            early = early_pool(ctx, model, options.early_runs, early_recipe, mode=options.training,
+                               chunk=options.chunk)
+            info["trained"][model] = {"subset": sub.trained, "early": early.trained}
+            mean_curve = early.accuracy.mean(0)
+            for m in range(len(sub.accuracy)):
+                pool_rows.append({"model": model, "member": m, "fraction": float(sub.fraction[m]),
+                                  "images": int(sub.size[m]), "accuracy": float(sub.accuracy[m])})
+            for t in range(len(mean_curve)):
+                curve_rows.append({"model": model, "step": t + 1, "mean_accuracy": float(mean_curve[t]),
+                                   "std_accuracy": float(early.accuracy[:, t].std()) if early.accuracy.shape[0] > 1
+                                   else 0.0})
+            jobs, ids, keys, recipes = distilled_jobs(ctx, sets, options.seeds, recipe, "agreement")
+            nets = []
+            for set_name in sets:  # one recipe per set (learned lr fallback); train each set's seeds together
+                sel = [i for i, k in enumerate(keys) if k[0] == set_name]
+                nets += trained_models(ctx, model, [jobs[i] for i in sel], recipes[set_name], [ids[i] for i in sel],
+                                       mode=options.training, chunk=options.chunk, description="agreement: distilled")
+            per_set: dict[str, dict[str, list[float]]] = {}
+            for (set_name, s), net in zip(keys, nets, strict=True):
+                logits = predict(net, test_x)
+                pred = logits.argmax(1).cpu()
+                acc = accuracy(logits, test_y)
+                idx, how = match_subset(sub.accuracy, acc, options.band, options.matching, options.nearest)
+                sub_agree = agreement(pred, sub.predictions[idx]) if idx.numel() else torch.empty(0)
+                step = match_step(mean_curve, acc)
+                early_agree = agreement(pred, early.predictions[:, step - 1])
+                for m, v in zip(idx.tolist(), sub_agree.tolist(), strict=True):
+                    values.append({"set": set_name, "model": model, "seed": s, "pool": "subset", "member": m,
+                                   "agreement": v})
+                for m, v in enumerate(early_agree.tolist()):
+                    values.append({"set": set_name, "model": model, "seed": s, "pool": "early", "member": m,
+                                   "agreement": v})
+                sub_mean = float(sub_agree.mean()) if sub_agree.numel() else float("nan")
+                early_mean = float(early_agree.mean())
+                rows.append({"set": set_name, "model": model, "seed": s, "accuracy": acc,
+                             "subset_agreement": sub_mean, "subset_matched": int(idx.numel()), "matched_by": how,
+                             "early_agreement": early_mean, "early_step": step,
+                             "early_accuracy": float(mean_curve[step - 1]), "difference": early_mean - sub_mean,
+                             "control": set_name in ctx.controls})
+                d = per_set.setdefault(set_name, {"subset": [], "early": [], "step": [], "acc": []})
+                d["subset"].append(sub_mean)
+                d["early"].append(early_mean)
+                d["step"].append(step)
+                d["acc"].append(acc)
+            for set_name, d in per_set.items():
+                n = len(d["early"])
+                su, ea = sum(d["subset"]) / n, sum(d["early"]) / n
+                metrics[f"{set_name}/{model}/subset"] = su
+                metrics[f"{set_name}/{model}/early"] = ea
+                metrics[f"{set_name}/{model}/difference"] = ea - su
+                metrics[f"{set_name}/{model}/early_step"] = float(sum(d["step"]) / n)
+                metrics[f"{set_name}/{model}/accuracy"] = sum(d["acc"]) / n
+        info["batched"] = dict(batched.LAST_CHOICE)
+        table = pd.DataFrame(rows)
+        values_table = pd.DataFrame(values)
+        fig = self._figure(ctx, values_table, models, list(sets))
+        declared = [r for r in rows if not r["control"]] or rows
+        summary = "; ".join(
+            f"{r['set']}/{r['model']}: early {r['early_agreement']:.2f} (step {r['early_step']}) vs subset "
+            f"{r['subset_agreement']:.2f}" for r in declared[:4])
+        return ProbeResult(metrics, {"agreement": table, "values": values_table, "subset_pool": pd.DataFrame(pool_rows),
+                                     "early_curve": pd.DataFrame(curve_rows)}, {"agreement": fig}, summary, info)
+
+    def _figure(self, ctx, values, models, sets):
+        import numpy as np
+
+        from ..report.figures import plt, save
+
+        pyplot = plt()
+        fig, axes = pyplot.subplots(len(models), len(sets), figsize=(4 * len(sets), 2.6 * len(models)),
+                                    squeeze=False)
+        for r, model in enumerate(models):
+            for c, set_name in enumerate(sets):
+                ax = axes[r][c]
+                for pool, col, label in (("subset", SUBSET_COLOR, "subset"), ("early", EARLY_COLOR, "early stopping")):
+                    if values.empty:
+                        continue
+                    v = values[(values.set == set_name) & (values.model == model) & (values.pool == pool)]
+                    _density(ax, np.asarray(v.agreement, dtype=float), col, label)
+                ax.set_yticks([])
+                ax.set_title(set_name if len(models) == 1 else f"{set_name} / {model}", fontsize=9)
+                ax.set_xlabel("agreement")
+                if r == 0 and c == 0:
+                    ax.legend(fontsize=7, frameon=False)
+        return save(fig, ctx.figure_path("agreement"))
+
+
+def _density(ax, v, col, label):
+    """A filled Gaussian KDE (Scott bandwidth, as seaborn's default); a line when the values do not spread."""
+    import numpy as np
+
+    if v.size == 0:
+        return
+    if v.size < 2 or np.ptp(v) < 1e-9:
+        ax.axvline(float(v.mean()), color=col, label=label)
+        return
+    from scipy.stats import gaussian_kde
+
+    grid = np.linspace(v.min() - 3 * v.std(), v.max() + 3 * v.std(), 200)
+    dens = gaussian_kde(v)(grid)
+    ax.fill_between(grid, dens, color=col, alpha=0.35, label=label)
+    ax.plot(grid, dens, color=col, lw=1)
+
+
+PROBES = (Agreement,)

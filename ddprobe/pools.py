@@ -1,0 +1,246 @@
+"""Cached bags of trainings: distilled-trained models and the real-data pools of the agreement probe (paper A.6).
+
+* :func:`trained_models` is :meth:`StudyContext.trained` for many jobs at once: each model is looked up under the
+  same cache key ``ctx.trained`` uses (kind ``models``), the missing ones train together through
+  :func:`ddprobe.batched.train_many`, and every result is stored, so no checkpoint is ever trained twice.
+* :func:`subset_pool` and :func:`early_pool` keep only what the agreement analysis needs from each pool member
+  (test predictions and accuracy, per step for early-stopped runs). Members are cached one by one under keys that
+  hold the member's index but not the pool's size or the distilled sets, so every set and every later study with the
+  same real data, seed, architecture and recipe shares them, and growing a pool from 100 to 520 trains 420 models.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .batched import Mode, TrainJob, train_many
+
+if TYPE_CHECKING:
+    import torch
+
+    from .training import TrainRecipe
+
+
+def model_parts(ctx: Any, model: str, data_id: Any, recipe: TrainRecipe, seed_name: str,
+                learned_lr: float | None) -> dict:
+    """The cache parts :meth:`StudyContext.trained` uses, so both paths find each other's models."""
+    return {"model": ctx.models[model].key(), "data": data_id, "recipe": recipe.key(), "seed": ctx.seed,
+            "seed_name": seed_name, "learned_lr": learned_lr, "real": ctx.data_key}
+
+
+def trained_models(ctx: Any, model: str, jobs: Sequence[TrainJob], recipe: TrainRecipe, data_ids: Sequence[Any],
+                   *, mode: Mode = "auto", chunk: int = 32, description: str = "training") -> list[torch.nn.Module]:
+    """Trained models for ``jobs`` (eval mode, on ``ctx.device``): from the cache, or trained together and stored."""
+    cache = ctx.cache
+    out: list[Any] = [None] * len(jobs)
+    missing = []
+    keys = []
+    for i, (job, data_id) in enumerate(zip(jobs, data_ids, strict=True)):
+        key = cache.key("models", model_parts(ctx, model, data_id, recipe, job.seed_name, job.learned_lr))
+        keys.append(key)
+        found = cache.load_tensors("models", key)
+        if found is not None:
+            cache.hits["models"] += 1
+            net = ctx.build_model(model, job.seed_name)
+            net.load_state_dict(found)
+            out[i] = net.eval()
+        else:
+            cache.misses["models"] += 1
+            missing.append(i)
+    if missing:
+        with ctx.progress.task(f"{description} ({model})", total=len(missing)) as task:
+            def done(j: int, net: torch.nn.Module) -> torch.nn.Module:
+                i = missing[j]
+                cache.save_tensors("models", keys[i], net.state_dict(),
+                                   model_parts(ctx, model, data_ids[i], recipe, jobs[i].seed_name,
+                                               jobs[i].learned_lr))
+                return net
+
+            nets = train_many(ctx, model, [jobs[i] for i in missing], recipe, on_done=done, mode=mode, chunk=chunk,
+                              task=task)
+        for i, net in zip(missing, nets, strict=True):
+            out[i] = net
+    return out
+
+
+# -- agreement pools ----------------------------------------------------------------------------------------------
+
+@dataclass
+class SubsetPool:
+    predictions: torch.Tensor  # [members, test] predicted labels
+    accuracy: torch.Tensor  # [members]
+    fraction: torch.Tensor  # [members] fraction of each class kept
+    size: torch.Tensor  # [members] training images
+    trained: int  # members trained in this call (0 when all came from the cache)
+
+
+@dataclass
+class EarlyPool:
+    predictions: torch.Tensor  # [runs, steps, test] predictions after steps 1..steps
+    accuracy: torch.Tensor  # [runs, steps]
+    trained: int
+
+
+def subset_indices(ctx: Any, member: int, low: float, high: float) -> tuple[float, torch.Tensor]:
+    """Member ``member``'s fraction s ~ U(low, high) and its training rows: the first max(1, int(n_c * s)) of a
+    per-class shuffle, for every class (paper A.6). Depends only on the study seed and the member index."""
+    import torch
+
+    gen = ctx.rng(f"pool:subset:{member}")
+    frac = low + (high - low) * float(torch.rand((), generator=gen))
+    picks = []
+    for idx in ctx.real.train.class_indices():
+        keep = max(1, int(idx.numel() * frac))
+        picks.append(idx[torch.randperm(idx.numel(), generator=gen)[:keep]])
+    return frac, torch.cat(picks).sort().values
+
+
+def _member_parts(ctx: Any, pool: str, model: str, recipe: TrainRecipe, member: int, extra: dict) -> dict:
+    return {"pool": pool, "model": ctx.models[model].key(), "recipe": recipe.key(), "seed": ctx.seed,
+            "member": member, "real": ctx.data_key, **extra}
+
+
+def _pred_dtype(num_classes: int):
+    import torch
+
+    return torch.uint8 if num_classes <= 256 else torch.int32
+
+
+def subset_pool(ctx: Any, model: str, count: int, fraction: tuple[float, float], recipe: TrainRecipe, *,
+                mode: Mode = "auto", chunk: int = 32) -> SubsetPool:
+    """``count`` models each trained on a random per-class fraction of the real training set; test predictions."""
+    import torch
+
+    from .training import accuracy
+
+    cache, test = ctx.cache, ctx.real.test
+    low, high = fraction
+    extra = {"fraction": [low, high]}
+    found: dict[int, dict] = {}
+    missing = []
+    for m in range(count):
+        got = cache.load_tensors("pool-members", cache.key("pool-members",
+                                                           _member_parts(ctx, "subset", model, recipe, m, extra)))
+        if got is not None:
+            cache.hits["pool-members"] += 1
+            found[m] = got
+        else:
+            cache.misses["pool-members"] += 1
+            missing.append(m)
+    if missing:
+        jobs, fracs = [], {}
+        for m in missing:
+            frac, rows = subset_indices(ctx, m, low, high)
+            fracs[m] = frac
+            jobs.append(TrainJob(f"pool:subset:{m}", ctx.real.train, rows))
+        test_x, test_y = test.images.to(ctx.device), test.labels
+
+        def done(j: int, net: torch.nn.Module) -> None:
+            from .training import predict
+
+            m = missing[j]
+            logits = predict(net, test_x)
+            entry = {"pred": logits.argmax(1).cpu().to(_pred_dtype(test.num_classes)),
+                     "acc": torch.tensor([accuracy(logits, test_y)]), "fraction": torch.tensor([fracs[m]]),
+                     "size": torch.tensor([jobs[j].size])}
+            parts = _member_parts(ctx, "subset", model, recipe, m, extra)
+            cache.save_tensors("pool-members", cache.key("pool-members", parts), entry, parts)
+            found[m] = entry
+
+        with ctx.progress.task(f"agreement subset pool ({model})", total=count) as task:
+            task.advance(count - len(missing))
+            train_many(ctx, model, jobs, recipe, on_done=done, mode=mode, chunk=chunk, task=task)
+    members = [found[m] for m in range(count)]
+    return SubsetPool(torch.stack([e["pred"].long() for e in members]), torch.cat([e["acc"] for e in members]),
+                      torch.cat([e["fraction"] for e in members]), torch.cat([e["size"] for e in members]),
+                      len(missing))
+
+
+def early_pool(ctx: Any, model: str, runs: int, recipe: TrainRecipe, *, mode: Mode = "auto",
+               chunk: int = 32) -> EarlyPool:
+    """``runs`` models trained on the full real training set under ``recipe``; test predictions after every step."""
+    import torch
+
+    cache, test = ctx.cache, ctx.real.test
+    found: dict[int, dict] = {}
+    missing = []
+    for m in range(runs):
+        got = cache.load_tensors("pool-members", cache.key("pool-members",
+                                                           _member_parts(ctx, "early", model, recipe, m, {})))
+        if got is not None:
+            cache.hits["pool-members"] += 1
+            found[m] = got
+        else:
+            cache.misses["pool-members"] += 1
+            missing.append(m)
+    if missing:
+        steps = recipe.total_steps(len(ctx.real.train))
+        preds = {m: torch.zeros(steps, len(test), dtype=_pred_dtype(test.num_classes)) for m in missing}
+        accs = {m: torch.zeros(steps) for m in missing}
+        test_x, test_y = test.images.to(ctx.device), test.labels.to(ctx.device)
+
+        def observe(step: int, ids: list[int], logits_fn) -> None:
+            if step == 0:
+                return
+            p = logits_fn(test_x).argmax(2)
+            correct = (p == test_y.unsqueeze(0)).float().mean(1).cpu()
+            for row, j in enumerate(ids):
+                m = missing[j]
+                preds[m][step - 1] = p[row].cpu().to(preds[m].dtype)
+                accs[m][step - 1] = correct[row]
+
+        def done(j: int, net: torch.nn.Module) -> None:
+            m = missing[j]
+            entry = {"pred": preds.pop(m), "acc": accs.pop(m)}
+            parts = _member_parts(ctx, "early", model, recipe, m, {})
+            cache.save_tensors("pool-members", cache.key("pool-members", parts), entry, parts)
+            found[m] = entry
+
+        jobs = [TrainJob(f"pool:early:{m}", ctx.real.train) for m in missing]
+        with ctx.progress.task(f"agreement early-stopped pool ({model})", total=runs) as task:
+            task.advance(runs - len(missing))
+            train_many(ctx, model, jobs, recipe, observe=observe, on_done=done, mode=mode, chunk=chunk, task=task)
+    members = [found[m] for m in range(runs)]
+    return EarlyPool(torch.stack([e["pred"].long() for e in members]), torch.stack([e["acc"] for e in members]),
+                     len(missing))
+
+
+# -- agreement arithmetic -------------------------------------------------------------------------------------------
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Fraction of positions where predicted labels are equal; ``b`` may carry leading pool dimensions."""
+    return (a.to(b.device) == b).float().mean(-1)
+
+
+def match_step(mean_accuracy: Sequence[float] | torch.Tensor, target: float) -> int:
+    """The step (1-based) whose mean early-stopped accuracy is closest to ``target``; the earliest on ties."""
+    import torch
+
+    acc = torch.as_tensor(mean_accuracy, dtype=torch.float64)
+    return int(torch.argmin((acc - target).abs())) + 1
+
+
+def match_subset(accuracy: torch.Tensor, target: float, band: float, how: str = "centered",
+                 nearest: int = 0) -> tuple[torch.Tensor, str]:
+    """Indices of subset models matched to a distilled model of accuracy ``target``.
+
+    ``centered``: |acc - target| <= band / 2. ``paper``: the notebook's buckets, round(acc, 2) in {q, q + 0.01} with
+    q = floor(100 * target) / 100 (``band`` unused). When nothing matches, the ``nearest`` closest (or none).
+    """
+    import torch
+
+    acc = accuracy.double()
+    if how == "paper":
+        q = math.floor(100 * target + 1e-9)
+        rounded = torch.round(acc * 100)
+        mask = (rounded == q) | (rounded == q + 1)
+    else:
+        mask = (acc - target).abs() <= band / 2 + 1e-12
+    idx = torch.nonzero(mask).flatten()
+    if idx.numel() or nearest <= 0:
+        return idx, "band"
+    return torch.argsort((acc - target).abs())[:nearest].sort().values, "nearest"
+

@@ -1,0 +1,106 @@
+"""The training-behaviour probes (issue 4): mixing, sensitivity, agreement, recognition_curve, embedding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddprobe.training import TrainRecipe
+
+SMALL = {"convnet": ("convnet", {"width": 8, "depth": 2})}
+FAST = TrainRecipe(steps=30)
+
+
+def small_ctx(make_ctx, random_set, **kw):
+    sets = {"r2": random_set(2), "r1": random_set(1, seed=1)}
+    ctx = make_ctx(sets=sets, models=SMALL, recipe=kw.pop("recipe", FAST),
+                   pretrain=kw.pop("pretrain", TrainRecipe(epochs=2, batch_size=128, steps=None)), **kw)
+    ctx.controls = {"r2"}
+    return ctx
+
+
+# -- engine -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("recipe", [
+    TrainRecipe(steps=6, batch_size=16, weight_decay=5e-4, schedule="step"),
+    TrainRecipe(steps=5, batch_size="full", optimizer="adam", lr=0.01, schedule="cosine"),
+])
+def test_batched_matches_one_by_one(make_ctx, digits, recipe):
+    from ddprobe.batched import TrainJob, train_many
+
+    ctx = make_ctx(models=SMALL)
+    jobs = [TrainJob("a", digits.train, torch.arange(0, 40)), TrainJob("b", digits.train, torch.arange(100, 170)),
+            TrainJob("c", digits.train, torch.arange(5, 25))]
+    seq = train_many(ctx, "convnet", jobs, recipe, mode="sequential")
+    bat = train_many(ctx, "convnet", jobs, recipe, mode="batched")
+    from ddprobe.training import predict
+
+    # compare logits: a conv bias before GroupNorm has no effect, and Adam amplifies the noise of its zero gradient
+    for a, b in zip(seq, bat, strict=True):
+        assert torch.allclose(predict(a, digits.test.images), predict(b, digits.test.images), atol=1e-4)
+
+
+# -- agreement ----------------------------------------------------------------------------------------------------
+
+def test_agreement_with_itself_and_permuted(make_ctx, digits):
+    from ddprobe.pools import agreement
+    from ddprobe.training import predict
+
+    ctx = make_ctx(models=SMALL)
+    net = ctx.trained("convnet", digits.train.subset(torch.arange(200)), TrainRecipe(steps=20), seed_name="x")
+    pred = predict(net, digits.test.images).argmax(1)
+    assert float(agreement(pred, pred)) == 1.0
+    gen = torch.Generator().manual_seed(0)
+    perm = torch.randperm(10, generator=gen)
+    other = perm[pred]  # a "model" whose predictions are a relabelling of this one's
+    direct = sum(int(a == b) for a, b in zip(pred.tolist(), other.tolist(), strict=True)) / len(pred)
+    assert float(agreement(pred, other)) == pytest.approx(direct)
+    pool = torch.stack([pred, other, pred])
+    assert agreement(pred, pool).tolist() == pytest.approx([1.0, direct, 1.0])
+
+
+def test_early_stop_matching_picks_closest_step():
+    from ddprobe.pools import match_step, match_subset
+
+    curve = [0.10, 0.30, 0.52, 0.61, 0.70, 0.69]
+    assert match_step(curve, 0.60) == 4  # 1-based: the state after 4 steps
+    assert match_step(curve, 0.05) == 1
+    assert match_step(curve, 0.695) == 5  # tie between steps 5 and 6: the earliest
+    acc = torch.tensor([0.40, 0.505, 0.52, 0.515, 0.60])
+    idx, how = match_subset(acc, 0.51, band=0.02)
+    assert idx.tolist() == [1, 2, 3] and how == "band"
+    idx, how = match_subset(acc, 0.515, band=0.02, how="paper")  # round(acc, 2) in {0.51, 0.52}
+    assert idx.tolist() == [2, 3]
+    idx, how = match_subset(acc, 0.80, band=0.02, nearest=2)
+    assert idx.tolist() == [2, 4] and how == "nearest"
+
+
+def test_agreement_end_to_end_and_pools_cached(make_ctx, random_set):
+    from ddprobe import registry
+
+    probe = registry.get_probe("agreement")
+    opts = probe.Options(subset_models=6, subset_fraction=(0.05, 0.3), subset_epochs=3, early_runs=3,
+                         early_steps=8, batch_size=64)
+    ctx = small_ctx(make_ctx, random_set)
+    res = probe.run(ctx, opts)
+    for s in ("r1", "r2"):
+        for m in ("subset", "early", "difference", "early_step"):
+            assert f"{s}/convnet/{m}" in res.metrics
+        assert 1 <= res.metrics[f"{s}/convnet/early_step"] <= 8
+    assert res.info["trained"]["convnet"] == {"subset": 6, "early": 3}
+    assert res.figures["agreement"].exists()
+    assert set(res.tables["values"].pool) == {"subset", "early"}
+    # the chosen step is the one whose mean early-stopped accuracy is closest to the distilled model's
+    curve = res.tables["early_curve"]
+    for _, row in res.tables["agreement"].iterrows():
+        best = curve.iloc[(curve.mean_accuracy - row.accuracy).abs().argmin()].step
+        assert row.early_step == best
+    # a second run (another study reading the same cache) trains nothing, and a bigger pool trains only the new ones
+    ctx2 = small_ctx(make_ctx, random_set)
+    ctx2.cache.hits.clear(), ctx2.cache.misses.clear()
+    res2 = probe.run(ctx2, opts)
+    assert res2.info["trained"]["convnet"] == {"subset": 0, "early": 0}
+    assert ctx2.cache.misses["models"] == 0 and ctx2.cache.misses["pool-members"] == 0
+    assert res2.metrics == pytest.approx(res.metrics, nan_ok=True)
+    res3 = probe.run(ctx2, opts.model_copy(update={"subset_models": 8}))
+    assert res3.info["trained"]["convnet"] == {"subset": 2, "early": 0}
