@@ -29,7 +29,8 @@ pm.add_hookspecs(hookspecs)
 _loaded = False
 
 
-def _trace_hooks() -> None:
+def _trace_hooks():
+    """Print every hook call to stderr (DDPROBE_TRACE_PLUGINS=1). Returns a function that stops tracing."""
     def before(hook_name, hook_impls, kwargs):
         names = ", ".join(impl.plugin_name for impl in hook_impls)
         print(f"[ddprobe] hook {hook_name}({', '.join(kwargs)}) -> [{names}]", file=sys.stderr)
@@ -39,7 +40,7 @@ def _trace_hooks() -> None:
         if exc is not None:
             print(f"[ddprobe] hook {hook_name} raised {exc!r}", file=sys.stderr)
 
-    pm.add_hookcall_monitoring(before, after)
+    return pm.add_hookcall_monitoring(before, after)
 
 
 def _load_entrypoints() -> None:
