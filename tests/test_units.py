@@ -160,3 +160,13 @@ def test_cache_get_or_compute(tmp_path):
     fresh.tensors("k", {"a": 1}, compute)
     assert len(calls) == 3
     assert not list(tmp_path.glob("k/.tmp-*"))  # no half-written entries left behind
+
+
+def test_spec_reference_documents_every_key():
+    from conftest import REPO
+    from ddprobe.spec import ReportSection, StudySection
+
+    text = (REPO / "docs" / "spec.md").read_text()
+    for model in (StudySection, TrainRecipe, ReportSection):
+        for name in model.model_fields:
+            assert f"`{name}`" in text, f"docs/spec.md does not document {model.__name__}.{name}"
