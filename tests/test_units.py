@@ -170,3 +170,21 @@ def test_spec_reference_documents_every_key():
     for model in (StudySection, TrainRecipe, ReportSection):
         for name in model.model_fields:
             assert f"`{name}`" in text, f"docs/spec.md does not document {model.__name__}.{name}"
+
+
+def test_imagefolder_reads_a_users_images(tmp_path):
+    from PIL import Image
+
+    for split, n in (("train", 3), ("test", 2)):
+        for cls, colour in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
+            folder = tmp_path / "imgs" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (20, 20), colour).save(folder / f"{i}.png")
+    plugin = registry.get_dataset("imagefolder")
+    real = plugin.load(plugin.Options(root="imgs", image_size=8), tmp_path)
+    assert real.classes == ["cat", "dog"] and real.input_shape == (3, 8, 8)
+    assert len(real.train) == 6 and len(real.test) == 4
+    pixels = real.to_pixels(real.test.images)
+    cat = pixels[real.test.labels == 0]
+    assert torch.allclose(cat[:, 0], torch.ones_like(cat[:, 0]), atol=1e-5)  # red channel of the red class
