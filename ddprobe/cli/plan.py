@@ -1,0 +1,57 @@
+"""``ddprobe plan SPEC``: a dry run listing what a study would compute, what is cached, and an estimate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from .app import app, fail
+
+
+@app.command("plan")
+def plan_command(
+    spec: Path = typer.Argument(..., help="Study spec (TOML)"),
+    no_measure: bool = typer.Option(False, "--no-measure", help="Skip timing training steps (no estimate)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON"),
+) -> None:
+    """List the distilled sets, models and probes a study would compute, which are cached, and how long the
+    rest should take on this machine (from training steps timed now). Trains and writes nothing."""
+    from ..errors import DDProbeError, SpecError
+    from ..plan import describe, human_seconds, plan_study
+    from ..spec import load_spec
+
+    try:
+        plan = plan_study(load_spec(spec), measure=not no_measure)
+    except (SpecError, DDProbeError) as exc:
+        raise fail(str(exc), 2) from None
+    if as_json:
+        typer.echo(json.dumps(plan.to_dict(), indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    console.print(f"[bold]plan[/bold] for study {plan.study!r} on {plan.device} (cache {plan.cache_dir})")
+    style = {"cached": "green", "to compute": "yellow", "import": "cyan", "error": "red", "unknown": "red"}
+    for section, title in (("distilled", "distilled sets"), ("probe", "probes")):
+        table = Table(title=title, title_justify="left")
+        for col in ("name", "made by" if section == "distilled" else "kind", "status", "work", "estimate"):
+            table.add_column(col, justify="right" if col == "estimate" else "left")
+        for e in (e for e in plan.entries if e.section == section):
+            work = "\n".join(describe(i) for i in e.items) or e.note
+            if e.items and e.note:
+                work += f"\n{e.note}"
+            estimate = "" if e.status != "to compute" else human_seconds(e.seconds)
+            table.add_row(e.name, e.kind, f"[{style.get(e.status, '')}]{e.status}[/]", work, estimate)
+        console.print(table)
+    for model, steps in plan.throughput.items():
+        shown = ", ".join(f"{float(s) * 1000:.1f} ms at batch {b}" for b, s in steps.items())
+        console.print(f"[dim]measured training step of {model}: {shown}[/dim]")
+    todo = sum(1 for e in plan.entries if e.status == "to compute")
+    line = f"{todo} to compute, {sum(1 for e in plan.entries if e.status == 'cached')} cached; "
+    line += f"estimated time: {human_seconds(plan.seconds)}"
+    if plan.unknown:
+        line += f" + unknown for {', '.join(plan.unknown)}"
+    console.print(line)
