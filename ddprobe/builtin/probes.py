@@ -11,6 +11,7 @@ PROBE_MODULES = (
     "ddprobe.builtin.probe_recognition",
     "ddprobe.builtin.probe_pixels",
     "ddprobe.builtin.probe_agreement",
+    "ddprobe.builtin.probe_influence",
 )
 
 
