@@ -92,13 +92,25 @@ def train_many(ctx: Any, model_name: str, jobs: Sequence[TrainJob], recipe: Trai
             if task is not None:
                 task.advance()
         return out
-    for start in range(0, len(jobs), chunk):
-        group = list(range(start, min(len(jobs), start + chunk)))
+    for group in stacks(jobs, recipe, chunk):
         for i, res in zip(group, _train_stacked(ctx, model_name, [jobs[i] for i in group], group, recipe,
                                                 observe, every, on_done), strict=True):
             out[i] = res
         if task is not None:
             task.advance(len(group))
+    return out
+
+
+def stacks(jobs: Sequence[TrainJob], recipe: TrainRecipe, chunk: int) -> list[list[int]]:
+    """Job indices grouped into stacks of at most ``chunk``, by batch size, so padding wastes at most half."""
+    order = sorted(range(len(jobs)), key=lambda i: recipe.batch(jobs[i].size))
+    out: list[list[int]] = []
+    for i in order:
+        b = recipe.batch(jobs[i].size)
+        if out and len(out[-1]) < chunk and b <= 2 * recipe.batch(jobs[out[-1][0]].size):
+            out[-1].append(i)
+        else:
+            out.append([i])
     return out
 
 
@@ -123,7 +135,7 @@ def _train_one(ctx, model_name, i, job, recipe, observe, every, on_done, max_ste
 
 def _train_stacked(ctx, model_name, jobs, ids, recipe, observe, every, on_done, max_steps: int | None = None):
     import torch
-    from torch.func import functional_call, grad_and_value, vmap
+    from torch.func import functional_call, vmap
 
     from .augment import get_augmentation
     from .training import _batches
@@ -166,15 +178,23 @@ def _train_stacked(ctx, model_name, jobs, ids, recipe, observe, every, on_done, 
     augment = get_augmentation(recipe.augment)
     steps = max(totals)
 
-    def loss_one(p, x, y, w):
-        logits = functional_call(base, p, (x,))
-        if y.dim() == 2:
-            losses = -(y * torch.log_softmax(logits, dim=1)).sum(dim=1)
-        else:
-            losses = torch.nn.functional.cross_entropy(logits, y, reduction="none")
-        return (losses * w).sum() / w.sum().clamp_min(1.0)
+    # vmap over the forward pass only; per-model gradients come from autograd on the sum of per-model losses
+    # (each model's loss depends on its own slice of the stacked parameters). This avoids torch.func.grad, whose
+    # first call imports the compiler stack (seconds).
+    stacked = vmap(lambda p, x: functional_call(base, p, (x,)))
 
-    grad_fn = vmap(grad_and_value(loss_one))
+    def grad_fn(p, X, Y, W):
+        leaves = {n: v.detach().requires_grad_(True) for n, v in p.items()}
+        logits = stacked(leaves, X)  # [k, B, classes]
+        if Y.dim() == 3:
+            losses = -(Y * torch.log_softmax(logits, dim=2)).sum(dim=2)
+        else:
+            losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1), Y.flatten(), reduction="none")
+            losses = losses.view(W.shape)
+        per_model = (losses * W).sum(1) / W.sum(1).clamp_min(1.0)
+        grads = torch.autograd.grad(per_model.sum(), list(leaves.values()))
+        return dict(zip(leaves, grads, strict=True)), per_model.detach()
+
     forward = vmap(lambda p, x: functional_call(base, p, (x,)), in_dims=(0, None))
 
     def logits_fn(active: list[int]):

@@ -104,3 +104,69 @@ def test_agreement_end_to_end_and_pools_cached(make_ctx, random_set):
     assert res2.metrics == pytest.approx(res.metrics, nan_ok=True)
     res3 = probe.run(ctx2, opts.model_copy(update={"subset_models": 8}))
     assert res3.info["trained"]["convnet"] == {"subset": 2, "early": 0}
+
+
+# -- mixing -------------------------------------------------------------------------------------------------------
+
+def test_mixing_subsets_are_nested(make_ctx, random_set):
+    from ddprobe.builtin.probe_mixing import real_order, real_rows
+
+    ctx = small_ctx(make_ctx, random_set)
+    order = real_order(ctx, 0)
+    prev: set[int] = set()
+    for k in (0, 2, 10, 50):
+        rows = real_rows(order, k)
+        assert len(rows) == 10 * k
+        labels = ctx.real.train.labels[rows]
+        assert all(int((labels == c).sum()) == k for c in range(10))
+        assert prev <= set(rows.tolist())
+        prev = set(rows.tolist())
+    assert real_order(ctx, 1)[0].tolist() != order[0].tolist()  # seeds draw different subsets
+
+
+def test_mixing_end_to_end(make_ctx, random_set):
+    from ddprobe import registry
+
+    probe = registry.get_probe("mixing")
+    ctx = small_ctx(make_ctx, random_set)
+    res = probe.run(ctx, probe.Options(k=[0, 2, 500], seeds=2, recipe={"steps": 20}))
+    cap = min(ctx.real.train.counts())
+    assert res.info["capped"] == [500] and res.info["k"] == [0, 2, cap]
+    for s in ("r1", "r2"):
+        assert {f"{s}/convnet/k0", f"{s}/convnet/k2", f"{s}/convnet/k{cap}", f"{s}/convnet/change"} <= set(res.metrics)
+        assert res.metrics[f"{s}/convnet/change"] == pytest.approx(
+            res.metrics[f"{s}/convnet/k2"] - res.metrics[f"{s}/convnet/k0"])
+    t = res.tables["mixing"]
+    assert set(t[t.set == "r1"].images) == {10, 30, 10 + 10 * cap}
+    assert res.figures["mixing"].exists()
+    misses = ctx.cache.misses["models"]
+    probe.run(ctx, probe.Options(k=[0, 2, 500], seeds=2, recipe={"steps": 20}))
+    assert ctx.cache.misses["models"] == misses  # nothing retrained
+
+
+# -- recognition curve --------------------------------------------------------------------------------------------
+
+def test_recognition_curve_end_to_end(make_ctx, random_set):
+    from ddprobe import registry
+    from ddprobe.builtin.probe_recognition_curve import first_reaching
+
+    assert first_reaching([0.0, 0.5, 0.95, 0.9, 1.0], 0.9) == 2
+    assert first_reaching([0.0, 0.5, 0.95, 0.9, 1.0], 0.99) == 4
+    probe = registry.get_probe("recognition_curve")
+    ctx = small_ctx(make_ctx, random_set, pretrain=TrainRecipe(epochs=1, batch_size=64, steps=None))
+    res = probe.run(ctx, probe.Options(steps=12, seeds=2, every=3))
+    curves = res.tables["curves"]
+    assert sorted(set(curves.step)) == [0, 3, 6, 9, 12]
+    assert set(curves.series) == {"real_test", "r1", "r2"}
+    for s in ("r1", "r2"):
+        assert 0 <= res.metrics[f"{s}/convnet/step90"] <= res.metrics[f"{s}/convnet/step99"] <= 12
+        assert 0 <= res.metrics[f"{s}/convnet/final"] <= 1
+    assert res.figures["recognition_curve"].exists()
+    # the curve at step 12 is the model trained 12 steps one by one
+    from ddprobe.training import evaluate
+
+    recipe = TrainRecipe(steps=12, batch_size=64)
+    net = ctx.build_model("convnet", "recognition_curve:convnet:1")
+    ctx.train(net, ctx.real.train, recipe, seed_name="recognition_curve:convnet:1")
+    last = curves[(curves.series == "real_test") & (curves.seed == 1) & (curves.step == 12)].accuracy.iloc[0]
+    assert last == pytest.approx(evaluate(net, ctx.real.test), abs=1e-6)

@@ -11,6 +11,8 @@ PROBE_MODULES = (
     "ddprobe.builtin.probe_recognition",
     "ddprobe.builtin.probe_pixels",
     "ddprobe.builtin.probe_agreement",
+    "ddprobe.builtin.probe_mixing",
+    "ddprobe.builtin.probe_recognition_curve",
     "ddprobe.builtin.probe_influence",
 )
 

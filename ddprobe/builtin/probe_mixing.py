@@ -1,0 +1,136 @@
+"""``mixing`` (paper A.4): train on a distilled set plus k real images per class; does a little real data hurt?"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..results import ProbeResult
+from ..training import RecipeOverride
+
+MARKERS = ["s", "o", "*", "^", "v", "P", "X", "h"]
+
+
+def real_order(ctx, seed: int):
+    """Per-class shuffles of the real training rows for one seed; the first k of each give the nested subsets."""
+    import torch
+
+    gen = ctx.rng(f"mixing:real:{seed}")
+    return [idx[torch.randperm(idx.numel(), generator=gen)] for idx in ctx.real.train.class_indices()]
+
+
+def real_rows(order, k: int):
+    import torch
+
+    return torch.cat([o[:k] for o in order]) if k > 0 else torch.zeros(0, dtype=torch.long)
+
+
+class Mixing:
+    name = "mixing"
+    description = "accuracy after adding k real images per class to each distilled set (paper section 3)"
+    conformance_options = {"k": [0, 2], "seeds": 1, "recipe": {"steps": 5}}
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        models: list[str] = Field([], description="architectures from [models] (default: all)")
+        sets: list[str] = Field([], description="distilled sets (default: all; the random control is the baseline)")
+        k: list[int] = Field([0, 2, 10, 50, 250], description="real images added per class (capped by the data)")
+        seeds: int = Field(3, ge=1, description="trainings per cell; each seed draws its own nested real subsets")
+        recipe: RecipeOverride = Field(RecipeOverride(), description="changes to the study's [train] recipe")
+        training: Literal["auto", "batched", "sequential"] = Field(
+            "auto", description="train models of one set stacked (vmap), one by one, or whichever is faster here")
+        chunk: int = Field(32, ge=1, description="models per stacked batch")
+
+    def run(self, ctx, options: Options) -> ProbeResult:
+        import numpy as np
+        import pandas as pd
+
+        from ..batched import TrainJob
+        from ..data import LabeledData
+        from ..pools import trained_models
+        from ..training import evaluate
+
+        if any(k < 0 for k in options.k):
+            raise ValueError(f"k must be >= 0, got {options.k}")
+        cap = min(ctx.real.train.counts())
+        ks = sorted({min(k, cap) for k in options.k})
+        capped = sorted(k for k in options.k if k > cap)
+        recipe = options.recipe.apply(ctx.recipe)
+        models = ctx.select_models(options.models)
+        sets = ctx.select_sets(options.sets)
+        orders = [real_order(ctx, s) for s in range(options.seeds)]
+        test = ctx.real.test.to(ctx.device)
+        rows = []
+        for model in models:
+            for set_name, ds in sets.items():
+                use = recipe
+                if recipe.lr == "learned" and ds.manifest.learned_lr is None:
+                    use = recipe.model_copy(update={"lr": 0.01})
+                jobs, ids, keys = [], [], []
+                base = ds.as_data()
+                for s in range(options.seeds):
+                    for k in ks:
+                        data = LabeledData.concat([base, ctx.real.train.subset(real_rows(orders[s], k))]) if k else base
+                        # one init per (model, seed), shared across sets and k: a paired comparison
+                        jobs.append(TrainJob(f"mixing:{model}:{s}", data, None, ds.manifest.learned_lr))
+                        ids.append({"set": ds.manifest.sha256, "mixing_real": {"stream": f"mixing:real:{s}", "k": k}})
+                        keys.append((s, k, len(data)))
+                nets = trained_models(ctx, model, jobs, use, ids, mode=options.training, chunk=options.chunk,
+                                      description=f"mixing: {set_name}")
+                for (s, k, n), net in zip(keys, nets, strict=True):
+                    rows.append({"set": set_name, "model": model, "k": k, "seed": s, "images": n,
+                                 "accuracy": evaluate(net, test), "control": set_name in ctx.controls})
+        runs = pd.DataFrame(rows)
+        summary_rows, metrics = [], {}
+        for (set_name, model, k), g in runs.groupby(["set", "model", "k"], sort=False):
+            acc = np.asarray(g.accuracy, dtype=float)
+            summary_rows.append({"set": set_name, "model": model, "k": int(k), "mean": float(acc.mean()),
+                                 "std": float(acc.std()), "seeds": len(acc), "images": int(g.images.iloc[0]),
+                                 "control": bool(g.control.iloc[0])})
+            metrics[f"{set_name}/{model}/k{int(k)}"] = float(acc.mean())
+        table = pd.DataFrame(summary_rows)
+        first = next((k for k in ks if k > 0), None)
+        changes = []
+        if 0 in ks and first is not None:
+            for (set_name, model), g in table.groupby(["set", "model"], sort=False):
+                change = float(g[g.k == first]["mean"].iloc[0] - g[g.k == 0]["mean"].iloc[0])
+                metrics[f"{set_name}/{model}/change"] = change
+                changes.append((set_name, model, change, bool(g.control.iloc[0])))
+        fig = self._figure(ctx, table, models, list(sets), ks, sets)
+        declared = [c for c in changes if not c[3]] or changes
+        summary = (f"adding {first} real/class changes accuracy by " +
+                   ", ".join(f"{s}/{m} {c:+.3f}" for s, m, c, _ in declared[:4]) if declared else
+                   "no k = 0 baseline to compare with")
+        info = {"k": ks, "capped": capped, "cap": cap}
+        return ProbeResult(metrics, {"mixing": table, "runs": runs}, {"mixing": fig}, summary, info)
+
+    def _figure(self, ctx, table, models, set_names, ks, sets):
+        from ..report.figures import color, plt, save
+
+        pyplot = plt()
+        fig, axes = pyplot.subplots(1, len(models), figsize=(5 * len(models), 3.4), squeeze=False)
+        for a, model in enumerate(models):
+            ax = axes[0][a]
+            i = 0
+            for set_name in set_names:
+                g = table[(table.set == set_name) & (table.model == model)].sort_values("k")
+                if g.empty:
+                    continue
+                control = set_name in ctx.controls
+                style = dict(color="#000000", ls="--", marker="D") if control else dict(
+                    color=color(1 + i), ls="-", marker=MARKERS[i % len(MARKERS)])
+                i += 0 if control else 1
+                ax.errorbar(g.k, g["mean"], yerr=g["std"], label=set_name, capsize=2, ms=5, **style)
+            ax.set_xscale("symlog", linthresh=1)
+            ipc = next((ds.manifest.ipc for ds in sets.values() if ds.manifest.ipc), None)
+            ax.set_xticks(ks, [f"{ipc}+{k}" if ipc else f"+{k}" for k in ks])
+            ax.set_xlabel("images per class: distilled + real")
+            ax.set_ylabel("test accuracy")
+            ax.set_title(model, fontsize=9)
+            ax.legend(fontsize=7, frameon=False)
+        return save(fig, ctx.figure_path("mixing"))
+
+
+PROBES = (Mixing,)

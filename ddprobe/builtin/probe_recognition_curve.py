@@ -1,0 +1,138 @@
+"""``recognition_curve`` (paper A.7): while a model trains on real data, when does it recognize distilled images?"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..results import ProbeResult
+from ..training import RecipeOverride
+
+
+def first_reaching(curve, fraction: float) -> int:
+    """The first index whose value is at least ``fraction`` of the curve's last value."""
+    import numpy as np
+
+    curve = np.asarray(curve, dtype=float)
+    target = fraction * curve[-1]
+    hits = np.nonzero(curve >= target - 1e-12)[0]
+    return int(hits[0]) if hits.size else len(curve) - 1
+
+
+class RecognitionCurve:
+    name = "recognition_curve"
+    description = "recognition of each distilled set by a real-data model after every training step (paper 4.2)"
+    conformance_options = {"steps": 6, "seeds": 1}
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        models: list[str] = Field([], description="architectures from [models] (default: all)")
+        sets: list[str] = Field([], description="distilled sets (default: all, controls included)")
+        steps: int = Field(300, ge=1, description="real-data training steps recorded (paper: 300 plotted)")
+        seeds: int = Field(3, ge=1, description="independent real-data runs (paper: 1)")
+        every: int = Field(1, ge=1, description="record after every this many steps")
+        recipe: RecipeOverride = Field(
+            RecipeOverride(), description="changes to [pretrain] (paper: SGD 0.01, momentum 0.9, batch 256)")
+        training: Literal["auto", "batched", "sequential"] = Field(
+            "auto", description="train the seeds stacked (vmap), one by one, or whichever is faster here")
+
+    def run(self, ctx, options: Options) -> ProbeResult:
+        import numpy as np
+        import pandas as pd
+        import torch
+
+        from ..batched import TrainJob, train_many
+        from ..training import loss_fn
+
+        recipe = options.recipe.apply(ctx.pretrain_recipe).model_copy(
+            update={"steps": options.steps, "epochs": None})
+        models = ctx.select_models(options.models)
+        sets = ctx.select_sets(options.sets)
+        test_x, test_y = ctx.real.test.images.to(ctx.device), ctx.real.test.labels.to(ctx.device)
+        set_data = {n: (ds.images.to(ctx.device), ds.labels.to(ctx.device)) for n, ds in sets.items()}
+        frames = []
+        for model in models:
+            def compute(model=model) -> dict[str, torch.Tensor]:
+                points = (options.steps // options.every) + 1 + (options.steps % options.every != 0)
+                acc = torch.full((options.seeds, len(sets) + 1, points), float("nan"))
+                loss = torch.full_like(acc, float("nan"))
+                step_of = torch.zeros(points, dtype=torch.long)
+                slot: dict[int, int] = {}
+
+                def observe(step: int, ids: list[int], logits_fn) -> None:
+                    p = slot.setdefault(step, len(slot))
+                    step_of[p] = step
+                    out = logits_fn(test_x)
+                    acc[ids, 0, p] = (out.argmax(2) == test_y).float().mean(1).cpu()
+                    loss[ids, 0, p] = torch.stack([loss_fn(o, test_y) for o in out]).cpu()
+                    for j, (x, y) in enumerate(set_data.values(), start=1):
+                        out = logits_fn(x)
+                        hard = y.argmax(1) if y.dim() == 2 else y
+                        acc[ids, j, p] = (out.argmax(2) == hard).float().mean(1).cpu()
+                        loss[ids, j, p] = torch.stack([loss_fn(o, y) for o in out]).cpu()
+
+                jobs = [TrainJob(f"recognition_curve:{model}:{s}", ctx.real.train) for s in range(options.seeds)]
+                with ctx.progress.task(f"recognition curve ({model})", total=len(jobs)) as task:
+                    train_many(ctx, model, jobs, recipe, observe=observe, every=options.every,
+                               on_done=lambda i, net: None, mode=options.training, task=task)
+                return {"accuracy": acc, "loss": loss, "step": step_of}
+
+            parts = {"model": ctx.models[model].key(), "recipe": recipe.key(), "seeds": options.seeds,
+                     "every": options.every, "seed": ctx.seed, "real": ctx.data_key,
+                     "sets": [ds.manifest.sha256 for ds in sets.values()]}
+            got = ctx.cache.tensors("recognition-curves", parts, compute)
+            steps = got["step"].tolist()
+            for si, series in enumerate(["real_test", *sets]):
+                for s in range(options.seeds):
+                    frames.append(pd.DataFrame({"model": model, "series": series, "seed": s, "step": steps,
+                                                "accuracy": got["accuracy"][s, si].numpy(),
+                                                "loss": got["loss"][s, si].numpy()}))
+        curves = pd.DataFrame(pd.concat(frames, ignore_index=True))
+        mean = curves.groupby(["model", "series", "step"], sort=False)[["accuracy", "loss"]].mean().reset_index()
+        metrics, rows = {}, []
+        for model in models:
+            test_curve = mean[(mean.model == model) & (mean.series == "real_test")]
+            metrics[f"real_test/{model}/final"] = float(test_curve.accuracy.iloc[-1])
+            for set_name in sets:
+                c = mean[(mean.model == model) & (mean.series == set_name)]
+                vals, steps = np.asarray(c.accuracy), np.asarray(c.step)
+                i90, i99 = first_reaching(vals, 0.9), first_reaching(vals, 0.99)
+                row = {"set": set_name, "model": model, "final": float(vals[-1]), "step90": int(steps[i90]),
+                       "step99": int(steps[i99]), "test_at_step90": float(test_curve.accuracy.iloc[i90]),
+                       "test_at_step99": float(test_curve.accuracy.iloc[i99]),
+                       "test_final": float(test_curve.accuracy.iloc[-1]), "control": set_name in ctx.controls}
+                rows.append(row)
+                for key in ("final", "step90", "step99", "test_at_step90"):
+                    metrics[f"{set_name}/{model}/{key}"] = float(row[key])
+        table = pd.DataFrame(rows)
+        fig = self._figure(ctx, curves, models, list(sets))
+        declared = [r for r in rows if not r["control"]] or rows
+        summary = "; ".join(f"{r['set']}/{r['model']}: 90% of final recognition {r['final']:.2f} at step "
+                            f"{r['step90']} (real test {r['test_at_step90']:.2f})" for r in declared[:4])
+        return ProbeResult(metrics, {"recognition_curve": table, "curves": curves}, {"recognition_curve": fig},
+                           summary, {"recipe": recipe.key()})
+
+    def _figure(self, ctx, curves, models, sets):
+        from ..report.figures import color, plt, save
+
+        pyplot = plt()
+        fig, axes = pyplot.subplots(1, len(models), figsize=(5 * len(models), 3), squeeze=False)
+        for a, model in enumerate(models):
+            ax = axes[0][a]
+            for i, series in enumerate(["real_test", *sets]):
+                g = curves[(curves.model == model) & (curves.series == series)].groupby("step").accuracy
+                m, s = g.mean(), g.std().fillna(0)
+                col = color(i)
+                ax.plot(m.index, m.values, color=col, lw=1.2, label="real test" if series == "real_test" else series)
+                ax.fill_between(m.index, (m - s).values, (m + s).values, color=col, alpha=0.15, lw=0)
+            ax.set_xlabel("real-data training step")
+            ax.set_ylabel("accuracy")
+            ax.set_ylim(0, 1.02)
+            ax.set_title(model, fontsize=9)
+            ax.legend(fontsize=7, frameon=False)
+        return save(fig, ctx.figure_path("recognition_curve"))
+
+
+PROBES = (RecognitionCurve,)
