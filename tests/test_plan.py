@@ -1,0 +1,154 @@
+"""``ddprobe plan``: what a study would compute, what is cached (same keys as the study), and an estimate."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from typer.testing import CliRunner
+
+from ddprobe import DistilledSet, Manifest, ProbeResult, hookimpl
+from ddprobe.cli import app
+from ddprobe.plan import plan_study
+from ddprobe.spec import load_spec
+from ddprobe.study import run_study
+
+SPEC = """
+[study]
+name = "plan"
+device = "cpu"
+cache_dir = "cache"
+
+[data]
+dataset = "digits"
+train_per_class = 5
+
+[pretrain]
+epochs = 1
+batch_size = 25
+
+[models]
+m = {{ arch = "convnet", width = 4, depth = 1 }}
+
+[distilled.s]
+distiller = "first"
+ipc = 2
+
+[[probe]]
+kind = "uses-pretrained"
+tag = {tag}
+
+[report]
+formats = ["json"]
+"""
+
+
+class FirstImages:
+    name = "first"
+    description = "the first ipc training images of each class, after a (planned) model training"
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    def distill(self, real, ipc, options, ctx):
+        index = torch.cat([ix[:ipc] for ix in real.train.class_indices()])
+        sub = real.train.subset(index)
+        return DistilledSet(sub.images.clone(), sub.labels.clone(), real.classes, manifest=Manifest())
+
+    def plan(self, ctx, ipc, options):
+        return [ctx.train_item("m", len(ctx.real.train), what="a model it would train", count=2)]
+
+
+class UsesPretrained:
+    name = "uses-pretrained"
+    description = "accuracy of the real-trained model on each set"
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        tag: int = 0
+
+    def run(self, ctx, options):
+        from ddprobe.training import evaluate
+
+        net = ctx.pretrained("m")
+        return ProbeResult({f"{n}/m": evaluate(net, ds) for n, ds in ctx.distilled.items()})
+
+    def plan(self, ctx, options):
+        return [ctx.pretrained_item("m"), ctx.forward_item("m", sum(s.get("images", 0) for s in ctx.sets.values()))]
+
+
+class Plugin:
+    __name__ = "plan-test-plugin"
+
+    @hookimpl
+    def register_distillers(self, register):
+        register(FirstImages())
+
+    @hookimpl
+    def register_probes(self, register):
+        register(UsesPretrained())
+
+
+def write(tmp_path, tag=0):
+    path = tmp_path / "study.toml"
+    path.write_text(SPEC.format(tag=tag))
+    return path
+
+
+def by_name(plan):
+    return {e.name: e for e in plan.entries}
+
+
+def test_plan_before_a_run_lists_work_and_estimates_it(ddprobe_register, tmp_path):
+    ddprobe_register(Plugin())
+    plan = plan_study(load_spec(write(tmp_path)))
+    entries = by_name(plan)
+    assert {n: e.status for n, e in entries.items()} == {
+        "s": "to compute", "random_ipc2": "to compute", "uses-pretrained": "to compute"}
+    item = entries["s"].items[0]
+    assert (item.kind, item.model, item.count, item.steps, item.batch) == ("train", "m", 2, 300, 50)
+    assert entries["s"].seconds and entries["s"].seconds > 0
+    assert "50" in plan.throughput["m"]  # a training step of m at batch 50 was timed here
+    assert "runs after the sets above are made" in entries["uses-pretrained"].note
+    assert plan.seconds >= entries["s"].seconds and not plan.unknown
+    assert not (tmp_path / "cache" / "distilled").exists()  # a dry run stores nothing
+
+
+def test_plan_lists_cached_items_as_cached(ddprobe_register, tmp_path):
+    ddprobe_register(Plugin())
+    results = run_study(load_spec(write(tmp_path)), tmp_path / "out")
+    assert results.exit_code == 0, results.errors
+    plan = plan_study(load_spec(write(tmp_path)), measure=False)
+    assert {n: e.status for n, e in by_name(plan).items()} == {
+        "s": "cached", "random_ipc2": "cached", "uses-pretrained": "cached"}
+    # A probe not run yet is to compute, but the real-trained model it needs is in the cache already.
+    plan = plan_study(load_spec(write(tmp_path, tag=1)), measure=False)
+    probe = by_name(plan)["uses-pretrained"]
+    assert probe.status == "to compute"
+    assert [i.cached for i in probe.items] == [True, False]
+
+
+def test_plan_command(ddprobe_register, tmp_path):
+    ddprobe_register(Plugin())
+    result = CliRunner().invoke(app, ["plan", str(write(tmp_path)), "--no-measure"])
+    assert result.exit_code == 0, result.output
+    assert "to compute" in result.output and "a model it would train" in result.output
+    result = CliRunner().invoke(app, ["plan", str(write(tmp_path)), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["study"] == "plan" and data["seconds"] > 0
+
+
+def test_probe_without_plan_is_listed_with_unknown_cost(tmp_path):
+    (tmp_path / "s.toml").write_text('[study]\ndevice = "cpu"\ncache_dir = "c"\n[data]\ntrain_per_class = 5\n'
+                                     '[distilled.r]\ndistiller = "random"\nipc = 1\n[[probe]]\nkind = "pixels"\n')
+    plan = plan_study(load_spec(tmp_path / "s.toml"), measure=False)
+    probe = by_name(plan)["pixels"]
+    assert probe.status == "to compute" and "no plan()" in probe.note and plan.unknown == ["pixels"]
+
+
+def test_invalid_spec_exits_2(tmp_path):
+    (tmp_path / "bad.toml").write_text("[study]\nnmae = 1\n")
+    result = CliRunner().invoke(app, ["plan", str(tmp_path / "bad.toml")])
+    assert result.exit_code == 2
