@@ -125,3 +125,28 @@ def test_compare_function_order_and_statuses():
     changes = compare(report(OLD), report(with_value("evaluate", "dm/convnet", 0.79)), tolerance=0.02)
     assert [(c.metric, c.status) for c in changes] == [
         ("dm/convnet", "worse"), ("random_ipc1/convnet", "same"), ("dm/loss", "same")]
+
+
+def test_ci_gate_spec_is_valid_and_planned():
+    from pathlib import Path
+
+    from ddprobe.plan import plan_study
+    from ddprobe.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "specs" / "ci-gate.toml")
+    assert [p.id for p in spec.probes] == ["evaluate", "recognition", "pixels"]
+    assert all(p.expect for p in spec.probes) and spec.study.device == "cpu"
+    assert {e.name for e in plan_study(spec, measure=False).entries} == {"real10", "evaluate", "recognition",
+                                                                          "pixels"}
+
+
+@pytest.mark.slow
+def test_ci_gate_passes_and_compares_clean_with_itself(tmp_path):
+    from pathlib import Path
+
+    spec = Path(__file__).resolve().parents[1] / "specs" / "ci-gate.toml"
+    result = CliRunner().invoke(app, ["run", str(spec), "--quiet", "--output", str(tmp_path / "gate")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "gate" / "junit.xml").read_text().count("<testcase") == 4
+    report = str(tmp_path / "gate" / "report.json")
+    assert CliRunner().invoke(app, ["compare", report, report]).exit_code == 0

@@ -10,6 +10,7 @@ from ddprobe.spec import load_spec
 from ddprobe.study import run_study
 
 PLUGIN = '''
+# -- start one-off --
 from pydantic import BaseModel, ConfigDict
 
 from ddprobe import ProbeResult, hookimpl
@@ -29,6 +30,7 @@ class MeanPixel:
 @hookimpl
 def register_probes(register):
     register(MeanPixel())
+# -- end one-off --
 '''
 
 SPEC = """

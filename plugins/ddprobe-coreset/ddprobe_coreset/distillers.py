@@ -87,6 +87,7 @@ class _Coreset:
     def select(self, feats, k: int, ctx, label: int):  # pragma: no cover - overridden
         raise NotImplementedError
 
+    # -- start distill --
     def distill(self, real, ipc: int, options: CoresetOptions, ctx):
         import torch
 
@@ -106,6 +107,7 @@ class _Coreset:
                             feature_model=feature_model)
         return DistilledSet(chosen.images.clone(), chosen.hard_labels.clone(), list(real.classes),
                             manifest=manifest)
+    # -- end distill --
 
     # -- start plan --
     def plan(self, ctx, ipc: int, options: CoresetOptions) -> list:
@@ -122,6 +124,7 @@ class _Coreset:
     # -- end plan --
 
 
+# -- start classes --
 class Herding(_Coreset):
     name = "herding"
     description = "per class, real images whose running feature mean tracks the class mean (herding coreset)"
@@ -141,3 +144,4 @@ class KCenter(_Coreset):
 
         start = int(torch.randint(feats.shape[0], (1,), generator=ctx.rng(f"kcenter:start:{label}")))
         return kcenter(feats, k, start)
+# -- end classes --
