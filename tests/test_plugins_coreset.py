@@ -118,3 +118,20 @@ def test_installed_plugin_passes_conformance_through_the_registry(coreset, ddpro
     for name in ("herding", "kcenter"):
         assert registry.owner_of("distiller", name) == "coreset"
         check_distiller(registry.get_distiller(name), real=ddprobe_real, directory=tmp_path / name)
+
+
+def test_ddprobe_testing_is_a_pytest_plugin(request):
+    """Installing ddprobe registers ddprobe.testing with pytest (entry point pytest11): no conftest needed."""
+    import ddprobe.testing
+
+    assert request.config.pluginmanager.get_plugin("ddprobe") is ddprobe.testing
+    assert request.getfixturevalue("ddprobe_real").num_classes == 10
+
+
+@pytest.mark.slow
+def test_the_plugins_own_test_suite_passes(coreset):
+    """The plugin's tests use ddprobe.testing's fixtures through the pytest11 entry point alone."""
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(PLUGIN / "tests")],
+                            cwd=PLUGIN, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]
