@@ -290,10 +290,13 @@ def choose_mode(ctx: Any, model_name: str, jobs: Sequence[TrainJob], recipe: Tra
     import json
 
     k = min(len(jobs), chunk)
+    work = sum(recipe.total_steps(job.size) for job in jobs)
+    if work <= 6 * (k + 4):  # measuring (~(k + 4) x 4 model-steps) would cost about as much as the work itself
+        return "sequential"
     sizes = sorted(job.size for job in jobs)
     batch = recipe.batch(sizes[len(sizes) // 2])
-    key = json.dumps([str(ctx.device), ctx.models[model_name].key(), batch, recipe.augment, recipe.optimizer, k],
-                     sort_keys=True, default=str)
+    bucket = 1 << max(0, batch - 1).bit_length()  # batch size rounded up to a power of two
+    key = json.dumps([str(ctx.device), ctx.models[model_name].key(), bucket, k], sort_keys=True, default=str)
     if key not in _CHOICES:
         per_model = measure(ctx, model_name, list(jobs)[:k], recipe, steps=3)
         _CHOICES[key] = "batched" if per_model["batched"] < per_model["sequential"] else "sequential"

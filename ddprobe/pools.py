@@ -66,6 +66,21 @@ def trained_models(ctx: Any, model: str, jobs: Sequence[TrainJob], recipe: Train
     return out
 
 
+def distilled_jobs(ctx, sets, seeds: int, recipe, prefix: str):
+    """TrainJobs (and cache data ids) for every set and seed; a set without a learned lr falls back to 0.01."""
+    jobs, ids, keys, recipes = [], [], [], {}
+    for set_name, ds in sets.items():
+        use = recipe
+        if recipe.lr == "learned" and ds.manifest.learned_lr is None:
+            use = recipe.model_copy(update={"lr": 0.01})
+        recipes[set_name] = use
+        for s in range(seeds):
+            jobs.append(TrainJob(f"{prefix}:{set_name}:{s}", ds, None, ds.manifest.learned_lr))
+            ids.append(ds.manifest.sha256)
+            keys.append((set_name, s))
+    return jobs, ids, keys, recipes
+
+
 # -- agreement pools ----------------------------------------------------------------------------------------------
 
 @dataclass

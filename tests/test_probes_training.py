@@ -124,13 +124,17 @@ def test_mixing_subsets_are_nested(make_ctx, random_set):
     assert real_order(ctx, 1)[0].tolist() != order[0].tolist()  # seeds draw different subsets
 
 
-def test_mixing_end_to_end(make_ctx, random_set):
+def test_mixing_end_to_end(make_ctx, random_set, digits):
     from ddprobe import registry
+    from ddprobe.data import RealData
 
     probe = registry.get_probe("mixing")
-    ctx = small_ctx(make_ctx, random_set)
+    rows = torch.cat([ix[:30] for ix in digits.train.class_indices()])
+    small = RealData(digits.name, digits.train.subset(rows), digits.test, digits.space)
+    ctx = small_ctx(make_ctx, random_set, real=small)
     res = probe.run(ctx, probe.Options(k=[0, 2, 500], seeds=2, recipe={"steps": 20}))
     cap = min(ctx.real.train.counts())
+    assert cap == 30
     assert res.info["capped"] == [500] and res.info["k"] == [0, 2, cap]
     for s in ("r1", "r2"):
         assert {f"{s}/convnet/k0", f"{s}/convnet/k2", f"{s}/convnet/k{cap}", f"{s}/convnet/change"} <= set(res.metrics)
@@ -140,7 +144,7 @@ def test_mixing_end_to_end(make_ctx, random_set):
     assert set(t[t.set == "r1"].images) == {10, 30, 10 + 10 * cap}
     assert res.figures["mixing"].exists()
     misses = ctx.cache.misses["models"]
-    probe.run(ctx, probe.Options(k=[0, 2, 500], seeds=2, recipe={"steps": 20}))
+    probe.run(ctx, probe.Options(k=[0, 2, 500], seeds=2, recipe={"steps": 20}))  # the same run again
     assert ctx.cache.misses["models"] == misses  # nothing retrained
 
 
@@ -170,3 +174,74 @@ def test_recognition_curve_end_to_end(make_ctx, random_set):
     ctx.train(net, ctx.real.train, recipe, seed_name="recognition_curve:convnet:1")
     last = curves[(curves.series == "real_test") & (curves.seed == 1) & (curves.step == 12)].accuracy.iloc[0]
     assert last == pytest.approx(evaluate(net, ctx.real.test), abs=1e-6)
+
+
+# -- sensitivity --------------------------------------------------------------------------------------------------
+
+def test_sensitivity_presets_and_grid(make_ctx, random_set):
+    from ddprobe import registry
+    from ddprobe.builtin.probe_sensitivity import PRESETS
+
+    probe = registry.get_probe("sensitivity")
+    ctx = small_ctx(make_ctx, random_set)
+    opts = probe.Options(presets=["paper", "dc", "mtt"], grid={"lr": [0.05], "optimizer": ["adam"]}, seeds=1,
+                         length_scale=0.05)
+    cells = {name: r for name, r, _ in probe.cells(ctx, opts)}
+    assert list(cells) == ["study", "paper", "dc", "mtt", "lr=0.05", "optimizer=adam"]
+    assert cells["dc"].weight_decay == 5e-4 and cells["dc"].schedule == "step" and cells["dc"].epochs == 15
+    assert cells["paper"].steps == 15 and cells["paper"].batch_size == "full"
+    assert cells["lr=0.05"].lr == 0.05 and cells["lr=0.05"].steps == 2  # study recipe (30 steps) scaled
+    assert PRESETS["mtt"]["lr"] == "learned"
+    res = probe.run(ctx, opts)
+    for s in ("r1", "r2"):
+        assert f"{s}/spread" in res.metrics
+        for cell in cells:
+            assert f"{s}/convnet/{cell}" in res.metrics
+    t = res.tables["sensitivity"]
+    g = t[t.set == "r1"]
+    assert res.metrics["r1/spread"] == pytest.approx(g["mean"].max() - g["mean"].min())
+    if res.metrics["r2/spread"] > 0:
+        assert res.metrics["r1/spread_ratio"] == pytest.approx(res.metrics["r1/spread"] / res.metrics["r2/spread"])
+    assert "no learned lr" in t[t.cell == "mtt"].note.iloc[0]
+    assert res.figures["sensitivity"].exists()
+
+
+def test_sensitivity_rejects_bad_grid():
+    from pydantic import ValidationError
+
+    from ddprobe import registry
+
+    probe = registry.get_probe("sensitivity")
+    with pytest.raises(ValidationError, match="did you mean|not a recipe field"):
+        probe.Options(grid={"learning_rate": [0.1]})
+    with pytest.raises(ValidationError):
+        probe.Options(presets=["dcc"])
+
+
+# -- embedding ----------------------------------------------------------------------------------------------------
+
+def test_knn_label_agreement_counts():
+    from ddprobe.builtin.probe_embedding import knn_label_agreement
+
+    ref = torch.tensor([[0.0], [1.0], [2.0], [10.0], [11.0]])
+    ref_y = torch.tensor([0, 0, 1, 1, 1])
+    q = torch.tensor([[0.5], [10.5]])
+    frac = knn_label_agreement(q, torch.tensor([0, 0]), ref, ref_y, k=3)
+    assert frac.tolist() == pytest.approx([2 / 3, 0.0])
+
+
+@pytest.mark.parametrize("projection", ["pca", pytest.param("umap", marks=pytest.mark.slow)])
+def test_embedding_end_to_end(make_ctx, random_set, projection):
+    from ddprobe import registry
+
+    probe = registry.get_probe("embedding")
+    ctx = small_ctx(make_ctx, random_set)
+    res = probe.run(ctx, probe.Options(projection=projection))
+    coords = res.tables["coordinates"]
+    assert len(coords) == len(ctx.real.test) + 20 + 10
+    assert set(coords.source) == {"real_test", "r1", "r2"}
+    assert coords[["x", "y"]].notna().all().all()
+    for s in ("r1", "r2", "real_test"):
+        assert 0 <= res.metrics[f"{s}/knn_agreement"] <= 1
+    assert res.metrics["real_test/knn_agreement"] > 0.5  # a trained model separates digits
+    assert res.figures["embedding"].exists()

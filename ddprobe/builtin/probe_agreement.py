@@ -12,26 +12,11 @@ from ..training import RecipeOverride
 SUBSET_COLOR, EARLY_COLOR = "#FFC20A", "#0C7BDC"  # the paper's Fig. 4 colours
 
 
-def distilled_jobs(ctx, sets, seeds: int, recipe, prefix: str):
-    """TrainJobs (and cache data ids) for every set and seed; a set without a learned lr falls back to 0.01."""
-    from ..batched import TrainJob
-
-    jobs, ids, keys, recipes = [], [], [], {}
-    for set_name, ds in sets.items():
-        use = recipe
-        if recipe.lr == "learned" and ds.manifest.learned_lr is None:
-            use = recipe.model_copy(update={"lr": 0.01})
-        recipes[set_name] = use
-        for s in range(seeds):
-            jobs.append(TrainJob(f"{prefix}:{set_name}:{s}", ds, None, ds.manifest.learned_lr))
-            ids.append(ds.manifest.sha256)
-            keys.append((set_name, s))
-    return jobs, ids, keys, recipes
-
-
 class Agreement:
     name = "agreement"
     description = "prediction agreement of distilled-trained models with early-stopped vs subset-trained real models"
+    conformance_options = {"subset_models": 3, "subset_fraction": [0.2, 0.5], "subset_epochs": 2, "early_runs": 2,
+                           "early_steps": 4, "batch_size": 32, "recipe": {"steps": 5}}
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -64,7 +49,7 @@ class Agreement:
         import torch
 
         from .. import batched
-        from ..pools import agreement, early_pool, match_step, match_subset, subset_pool, trained_models
+        from ..pools import agreement, distilled_jobs, early_pool, match_step, match_subset, subset_pool, trained_models
         from ..training import accuracy, predict
 
         low, high = options.subset_fraction

@@ -13,6 +13,8 @@ PROBE_MODULES = (
     "ddprobe.builtin.probe_agreement",
     "ddprobe.builtin.probe_mixing",
     "ddprobe.builtin.probe_recognition_curve",
+    "ddprobe.builtin.probe_sensitivity",
+    "ddprobe.builtin.probe_embedding",
     "ddprobe.builtin.probe_influence",
 )
 
