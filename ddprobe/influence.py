@@ -372,6 +372,9 @@ class Objective:
         self.sizes = [named[n].numel() for n in self.names]
         self.theta0 = torch.cat([named[n].detach().reshape(-1) for n in self.names]).float()
         self.features = features
+        # a linear head on frozen features: gradients and Hessian-vector products in closed form (no autograd)
+        self.linear = features and isinstance(module, nn.Linear) and self.names[0] == "weight"
+        self.bias = "bias" in self.names
         frozen = {**{n: p.detach() for n, p in model.named_parameters()}, **dict(model.named_buffers())}
         if features:
             self._fn = lambda d, x: functional_call(module, d, (x,))
@@ -411,8 +414,11 @@ class Objective:
         """``H v`` at ``theta0`` for one vector ``[p]`` or columns ``[p, k]``, by double backward.
 
         The gradient graph of the full training loss is built once and reused; ``idx`` (a minibatch of training
-        examples, for stochastic LiSSA) builds a fresh one.
+        examples, for stochastic LiSSA) builds a fresh one. A linear head uses the closed form
+        ``H v = mean_i J_i^T (diag(p_i) - p_i p_i^T) J_i v`` instead.
         """
+        if self.linear:
+            return self._linear_hvp(v, idx)
         if idx is None:
             if self._graph is None:
                 self._graph = self._grad_graph(None)
@@ -426,6 +432,28 @@ class Objective:
             block = v[:, s:s + 64].T.contiguous()
             cols.append(torch.autograd.grad(g, th, block, retain_graph=True, is_grads_batched=True)[0].T)
         return torch.cat(cols, 1)
+
+    def _linear_parts(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        d = self.train_x.shape[1]
+        k = self.shapes[0][0]
+        w = theta[: k * d].view(k, d)
+        return w, (theta[k * d:] if self.bias else None)
+
+    def _linear_hvp(self, v: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+        x = self.train_x if idx is None else self.train_x[idx]
+        w, b = self._linear_parts(self.theta0)
+        p = torch.softmax(x @ w.T + (b if b is not None else 0), dim=1)  # [n, K]
+        cols = v.unsqueeze(1) if v.dim() == 1 else v
+        k, d = w.shape
+        vw = cols[: k * d].T.reshape(-1, k, d)  # [c, K, d]
+        dz = torch.einsum("nd,ckd->cnk", x, vw)
+        if self.bias:
+            dz = dz + cols[k * d:].T.unsqueeze(1)
+        dp = p * dz - p * (p * dz).sum(-1, keepdim=True)  # softmax Jacobian times dz: [c, n, K]
+        hw = torch.einsum("cnk,nd->ckd", dp, x).reshape(dp.shape[0], -1) / x.shape[0]
+        out = torch.cat([hw, dp.sum(1) / x.shape[0]], 1) if self.bias else hw
+        out = out.T + self.l2 * cols
+        return out.squeeze(1) if v.dim() == 1 else out
 
     def _grad_graph(self, idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.enable_grad():
@@ -442,15 +470,21 @@ class Objective:
     def example_grads(self, x: torch.Tensor, y: torch.Tensor, theta: torch.Tensor | None = None,
                       prepared: bool = False) -> torch.Tensor:
         """Per-example gradients ``[b, p]`` of the (unregularized) loss; ``x`` are images unless ``prepared``."""
-        from torch.func import grad, vmap
-
         th = self.theta0 if theta is None else theta
         xi = x if prepared else self.inputs(x)
+        y = y.to(self.device)
+        if self.linear:  # (softmax - target) outer features
+            w, b = self._linear_parts(th)
+            r = torch.softmax(xi @ w.T + (b if b is not None else 0), dim=1)
+            r = r - (y if y.dim() == 2 else nn.functional.one_hot(y, r.shape[1]).to(r.dtype))
+            gw = (r.unsqueeze(2) * xi.unsqueeze(1)).flatten(1)
+            return torch.cat([gw, r], 1) if self.bias else gw
+        from torch.func import grad, vmap
 
         def one(t: torch.Tensor, xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
             return loss_fn(self.logits(t, xx.unsqueeze(0)), yy.unsqueeze(0))
 
-        return vmap(grad(one), in_dims=(None, 0, 0))(th, xi, y.to(self.device)).detach()
+        return vmap(grad(one), in_dims=(None, 0, 0))(th, xi, y).detach()
 
     def train_grads(self) -> torch.Tensor:
         return self.example_grads(self.train_x, self.train_y, prepared=True)

@@ -273,3 +273,20 @@ def test_summaries():
     assert inf.rank_agreement([a, -a]) == pytest.approx(-1.0)
     c = inf.correlations(a, 2 * a + 1)
     assert c["pearson"] == pytest.approx(1.0) and c["spearman"] == pytest.approx(1.0)
+
+
+def test_linear_head_closed_forms_match_autograd(digits):
+    x, y, tx, ty = _tiny_digits(digits, n=8, m=10)
+    net = inf.fit(_convnet(width=4), x, y, TrainRecipe(steps=5))
+    fast = inf.Objective(net, x, y, "last", l2=0.1)
+    slow = inf.Objective(net, x, y, "last", l2=0.1)
+    slow.linear = False
+    assert fast.linear
+    assert torch.allclose(fast.train_grads(), slow.train_grads(), atol=1e-6)
+    assert torch.allclose(fast.example_grads(tx, ty), slow.example_grads(tx, ty), atol=1e-6)
+    v = torch.randn(fast.dim, 3)
+    assert torch.allclose(fast.hvp(v), slow.hvp(v), atol=1e-5)
+    idx = torch.tensor([0, 3, 5])
+    assert torch.allclose(fast.hvp(v[:, 0], idx), slow.hvp(v[:, 0], idx), atol=1e-5)
+    soft = torch.softmax(torch.randn(8, 10), 1)
+    assert torch.allclose(fast.example_grads(x, soft), slow.example_grads(x, soft), atol=1e-6)

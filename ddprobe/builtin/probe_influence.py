@@ -24,7 +24,7 @@ class Influence:
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
-        model: str = Field("", description="architecture from [models] (default: the first one)")
+        model: str | None = Field(None, description="architecture from [models] (default: the first one)")
         sets: list[str] = Field([], description="distilled sets (default: all, controls included)")
         inits: int = Field(3, ge=1, description="shared initializations; influence is averaged over them")
         k: int = Field(9, ge=1, description="top-k real test images per distilled image (the paper shows 9)")
