@@ -329,3 +329,45 @@ def test_bptt_clips_the_image_gradient(small, tmp_path):
     before = run.images.detach().clone()
     run.iteration(0)
     assert float((run.images.detach() - before).norm()) == pytest.approx(1e-3, rel=1e-3)
+
+
+# -- through a study spec ----------------------------------------------------------------------------------------
+@pytest.mark.slow  # loads every plugin (~30 s on a busy 2-core machine)
+def test_study_builds_and_caches_distilled_sets(tmp_path):
+    from ddprobe.spec import load_spec
+    from ddprobe.study import prepare
+
+    spec_file = tmp_path / "s.toml"
+    spec_file.write_text("""
+[study]
+name = "t"
+device = "cpu"
+cache_dir = "cache"
+[data]
+dataset = "digits"
+train_per_class = 10
+[models]
+convnet = { arch = "convnet", width = 8, depth = 1 }
+[distilled.dm]
+distiller = "dm"
+ipc = 1
+iterations = 2
+batch_real = 8
+model = "convnet"
+[distilled.bptt]
+distiller = "bptt"
+ipc = 1
+iterations = 1
+inner_steps = 2
+real_per_class = 4
+model = { arch = "convnet", width = 4, depth = 1 }
+""")
+    spec = load_spec(spec_file)
+    study = prepare(spec, tmp_path / "out")
+    assert not study.errors
+    dm = study.context.distilled["dm"]
+    assert dm.manifest.distiller == "dm" and dm.manifest.iterations == 2
+    assert dm.manifest.input_space is not None and "random_ipc1" in study.context.distilled
+    again = prepare(load_spec(spec_file), tmp_path / "out")
+    assert study.context.distilled["bptt"].manifest.sha256 == again.context.distilled["bptt"].manifest.sha256
+    assert again.context.cache.hits["distilled"] >= 2
