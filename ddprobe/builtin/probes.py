@@ -16,6 +16,7 @@ PROBE_MODULES = (
     "ddprobe.builtin.probe_sensitivity",
     "ddprobe.builtin.probe_embedding",
     "ddprobe.builtin.probe_influence",
+    "ddprobe.builtin.probe_hessian",
 )
 
 

@@ -1,0 +1,224 @@
+"""``hessian`` (paper A.8): loss-curvature traces on real and distilled data along one real-data training run."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..results import ProbeResult
+from ..training import RecipeOverride, TrainRecipe
+
+#: The paper's real-data run (A.8): shuffled batches of 256, SGD lr 0.01 momentum 0.9, 300 steps, no augmentation.
+PAPER_RECIPE = TrainRecipe(optimizer="sgd", lr=0.01, momentum=0.9, steps=300, batch_size=256)
+
+
+def ema(values: list[float], decay: float = 0.9) -> list[float]:
+    """The paper's smoothing: s_0 = x_0, s_t = decay * s_{t-1} + (1 - decay) * x_t."""
+    out: list[float] = []
+    for x in values:
+        out.append(x if not out else decay * out[-1] + (1 - decay) * x)
+    return out
+
+
+class Hessian:
+    name = "hessian"
+    description = "Hessian trace (and top eigenvalues) of the loss on real and distilled data along real training"
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        model: str | None = Field(None, description="architecture from [models] (default: the first)")
+        sets: list[str] = Field([], description="distilled sets (default: all, controls included)")
+        recipe: RecipeOverride = Field(
+            RecipeOverride(),
+            description="changes to the paper's real-data run (batch 256, SGD lr 0.01, momentum 0.9, 300 steps); "
+            "NOT the study's [train] recipe",
+        )
+        checkpoints: int | list[int] = Field(
+            1, description="evaluate every k optimizer steps (1 = every step, as the paper; the last step is always "
+            "included) or at an explicit list of steps; step 0 is before the first update",
+        )
+        real_subsample: int | None = Field(
+            None, ge=1, description="real training examples in the real-data Hessian (one seeded subsample, the same "
+            "at every checkpoint); default: the full training set, as the paper",
+        )
+        estimator: Literal["hutchpp", "hutchinson"] = Field(
+            "hutchpp", description="trace estimator: Hutch++ (default; same expectation, lower variance) or plain "
+            "Hutchinson with Rademacher probes (the paper's)",
+        )
+        rtol: float = Field(0.05, gt=0, description="stop a trace estimate at this relative standard error")
+        stop: Literal["precision", "pyhessian-0.1"] = Field(
+            "precision", description="'pyhessian-0.1' reproduces the paper's tool's stopping rule, sign quirk included "
+            "(Hutchinson only; at most 100 probes)",
+        )
+        budget: int = Field(
+            200, ge=8, description="most Hessian-vector products per set and checkpoint (eigenvalues + trace)",
+        )
+        top_k: int = Field(0, ge=0, description="also the top-k eigenvalues by Lanczos, and the overlap of the real "
+                           "and each distilled top-k eigenspace")
+        eigen_tol: float = Field(1e-3, gt=0,
+                                 description="Lanczos residual tolerance, relative to the largest |eigenvalue|")
+        bn: Literal["eval", "batch"] = Field(
+            "eval", description="BatchNorm policy: 'eval' uses running statistics (the paper's PyHessian did); "
+            "'batch' uses batch statistics (needs the data in one batch)",
+        )
+        hvp_batch: int | None = Field(
+            None, ge=1, description="examples per forward pass in a product (default: all at once)",
+        )
+
+        @field_validator("checkpoints")
+        @classmethod
+        def _positive(cls, v):
+            if isinstance(v, int) and v < 1:
+                raise ValueError("checkpoints must be a positive step interval or a list of steps")
+            if isinstance(v, list) and any(s < 0 for s in v):
+                raise ValueError("checkpoint steps must be >= 0")
+            return v
+
+    def run(self, ctx, options: Options) -> ProbeResult:
+        import time
+
+        import pandas as pd
+
+        from ..curvature import HessianOperator, hutchinson, hutchpp, lanczos, subspace_overlap
+
+        if options.stop == "pyhessian-0.1" and options.estimator != "hutchinson":
+            raise ValueError("stop = 'pyhessian-0.1' needs estimator = 'hutchinson'")
+        model_name = options.model or next(iter(ctx.models))
+        recipe = options.recipe.apply(PAPER_RECIPE)
+        real_train = ctx.real.train
+        total = recipe.total_steps(len(real_train))
+        if isinstance(options.checkpoints, int):
+            steps = sorted(set(range(0, total + 1, options.checkpoints)) | {total})
+        else:
+            steps = sorted({s for s in options.checkpoints if s <= total})
+            if not steps:
+                raise ValueError(f"no checkpoint step is within the run's {total} steps")
+        sets = ctx.select_sets(options.sets)
+        for name, ds in sets.items():
+            space = getattr(ds.manifest, "input_space", None)
+            if space is not None and (diff := space.differences(ctx.real.space)):
+                raise ValueError(f"set {name!r} is not in the real data's input space: " + "; ".join(diff))
+
+        real_data = real_train
+        if options.real_subsample is not None and options.real_subsample < len(real_train):
+            import torch
+
+            idx = torch.randperm(len(real_train), generator=ctx.rng("hessian:real-subsample"))
+            real_data = real_train.subset(idx[: options.real_subsample].sort().values)
+        datasets = {"real": real_data.to(ctx.device), **{n: ds.to(ctx.device) for n, ds in sets.items()}}
+        gens = {n: ctx.rng(f"hessian:probes:{n}") for n in datasets}
+        rows: list[dict] = []
+        eig_rows: list[dict] = []
+        ov_rows: list[dict] = []
+        per_checkpoint: list[int] = []
+        wanted = set(steps)
+
+        def evaluate(state) -> None:
+            if state.step not in wanted:
+                return
+            used = 0
+            vecs = {}
+            for name, data in datasets.items():
+                op = HessianOperator(state.model, data, bn=options.bn, batch_size=options.hvp_batch)
+                budget = options.budget
+                if options.top_k:
+                    eig = lanczos(op, options.top_k, tol=options.eigen_tol, generator=gens[name],
+                                  max_iter=max(options.top_k + 2, budget // 2))
+                    budget -= eig.products
+                    vecs[name] = eig.eigenvectors
+                    for r in range(len(eig.eigenvalues)):
+                        eig_rows.append({"step": state.step, "set": name, "rank": r + 1,
+                                         "eigenvalue": float(eig.eigenvalues[r]),
+                                         "residual": float(eig.residuals[r]), "converged": eig.converged[r]})
+                if options.estimator == "hutchpp":
+                    est = hutchpp(op, rtol=options.rtol, max_products=budget, generator=gens[name],
+                                  sketch=max(1, min(10, budget // 4)))
+                else:
+                    est = hutchinson(op, rtol=options.rtol, max_products=min(budget, 100)
+                                     if options.stop == "pyhessian-0.1" else budget,
+                                     generator=gens[name], stop=options.stop)
+                op.close()
+                used += op.products
+                rows.append({"step": state.step, "set": name, "trace": est.value, "stderr": est.stderr,
+                             "products": op.products, "converged": est.converged,
+                             "control": name in ctx.controls})
+            if options.top_k and "real" in vecs:
+                for name, v in vecs.items():
+                    if name != "real":
+                        ov_rows.append({"step": state.step, "set": name, "k": options.top_k,
+                                        "overlap": subspace_overlap(vecs["real"], v)})
+            per_checkpoint.append(used)
+            task.advance()
+
+        start = time.perf_counter()
+        with ctx.progress.task(f"hessian: {len(steps)} checkpoints x {len(datasets)} sets", total=len(steps)) as task:
+            net = ctx.build_model(model_name, seed_name="hessian")
+            ctx.train(net, real_train, recipe, seed_name="hessian", callbacks=[evaluate])
+        seconds = time.perf_counter() - start
+
+        table = pd.DataFrame(rows)
+        table["ema"] = float("nan")
+        metrics: dict[str, float] = {}
+        curves = {}
+        for name in datasets:
+            sub = table[table.set == name].sort_values("step")
+            smooth = ema(sub.trace.tolist())
+            table.loc[sub.index, "ema"] = smooth
+            curves[name] = (sub.step.tolist(), sub.trace.tolist(), smooth)
+            peak = max(range(len(smooth)), key=lambda i: smooth[i])
+            metrics[f"{name}/trace_final"] = float(sub.trace.iloc[-1])
+            metrics[f"{name}/trace_peak"] = float(smooth[peak])
+            metrics[f"{name}/peak_step"] = float(sub.step.iloc[peak])
+        real_final = metrics["real/trace_final"]
+        for name in sets:
+            metrics[f"{name}/final_ratio"] = (metrics[f"{name}/trace_final"] / real_final if real_final
+                                              else float("nan"))
+        tables = {"traces": table}
+        if eig_rows:
+            eig = pd.DataFrame(eig_rows)
+            tables["eigen"] = eig
+            last = eig[eig.step == eig.step.max()]
+            for name in datasets:
+                top = last[(last.set == name) & (last["rank"] == 1)]
+                if len(top):
+                    metrics[f"{name}/lambda_max_final"] = float(top.eigenvalue.iloc[0])
+        if ov_rows:
+            ov = pd.DataFrame(ov_rows)
+            tables["overlap"] = ov
+            for row in ov[ov.step == ov.step.max()].itertuples():
+                metrics[f"{row.set}/overlap_final"] = float(row.overlap)
+        metrics["products/max_per_checkpoint"] = float(max(per_checkpoint))
+        metrics["products/total"] = float(sum(per_checkpoint))
+        fig = self._figure(ctx, curves, steps)
+        ratios = ", ".join(f"{n} {metrics[f'{n}/final_ratio']:.2f}" for n in sets)
+        summary = (f"final trace distilled/real at step {steps[-1]}: {ratios or 'no sets'}; real trace "
+                   f"{real_final:.3g} (smoothed peak at step {metrics['real/peak_step']:.0f})")
+        info = {
+            "model": model_name, "recipe": recipe.key(), "checkpoints": steps, "estimator": options.estimator,
+            "stop": options.stop, "rtol": options.rtol, "budget_per_set_and_checkpoint": options.budget,
+            "products_per_checkpoint": per_checkpoint, "real_examples": len(real_data), "bn": options.bn,
+            "unconverged_estimates": int((~table.converged.astype(bool)).sum()), "seconds": seconds,
+        }
+        return ProbeResult(metrics, tables, {"traces": fig}, summary, info)
+
+    def _figure(self, ctx, curves, steps):
+        from ..report.figures import color, plt, save
+
+        pyplot = plt()
+        fig, axes = pyplot.subplots(1, 2, figsize=(11, 4), sharey=False)
+        for i, (name, (x, raw, smooth)) in enumerate(curves.items()):
+            style = {"color": color(i), "lw": 2 if name == "real" else 1.3, "label": name}
+            axes[0].plot(x, raw, **style)
+            axes[1].plot(x, smooth, **style)
+        axes[0].set_title("Hessian trace (raw)")
+        axes[1].set_title("EMA-smoothed (s_t = 0.9 s_{t-1} + 0.1 x_t)")
+        for ax in axes:
+            ax.set_xlabel("Iteration")
+            ax.set_ylabel("Trace")
+        axes[1].legend(fontsize=8, frameon=False)
+        return save(fig, ctx.figure_path("traces"))
+
+
+PROBES = (Hessian,)

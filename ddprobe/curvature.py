@@ -1,0 +1,605 @@
+"""Curvature of a model's loss: Hessian- and Gauss-Newton-vector products, trace, top eigenpairs, spectral density.
+
+Usable on its own::
+
+    from ddprobe.curvature import HessianOperator, hutchpp, lanczos, spectral_density
+
+    op = HessianOperator(model, (images, labels))          # full batch, BatchNorm in eval mode
+    est = hutchpp(op, rtol=0.02, generator=torch.Generator().manual_seed(0))
+    print(est.value, est.stderr, est.products)
+    top = lanczos(op, k=5, generator=torch.Generator().manual_seed(0))
+    print(top.eigenvalues, top.residuals, top.converged)
+
+The operator acts on the model's trainable parameters flattened into one vector (in ``model.parameters()``
+order). Every product is exact up to floating point: no finite differences.
+
+**Side effects.** None. Products use ``torch.autograd.grad`` (never ``.backward``), so ``.grad`` is never
+written; each module's train/eval flag is restored after every forward pass; under ``bn="batch"`` the BatchNorm
+running statistics are restored too. ``.grad`` tensors are nevertheless snapshotted and re-set as a guard.
+
+**BatchNorm policy** (``bn``): ``"eval"`` (default) evaluates the loss with every module in eval mode: BatchNorm
+uses its running statistics, dropout is off, and the loss is a plain average of per-example losses, so
+accumulating over batches or subsampling gives exactly the Hessian of the stated loss. This is also what the
+paper's PyHessian run did (its constructor calls ``model.eval()``). ``"batch"`` evaluates in train mode (BatchNorm
+normalizes with the statistics of the batch): the loss then couples the examples of a batch, so it is only
+allowed when the data forms one batch; running statistics are restored afterwards.
+
+**Formulation** (measured on the 2-core CPU, ConvNet on digits, see docs/curvature.md): the gradient graph is
+built once (``create_graph=True``) and kept; each product is one extra backward through it. Products are issued
+one vector at a time on CPU (a vmapped ``is_grads_batched`` backward was 1.4x slower per product there, and
+forward-over-reverse ``torch.func`` 2-5x slower), and as ``is_grads_batched`` blocks on CUDA (``batched="auto"``).
+Data larger than ``batch_size`` is processed in chunks; chunk graphs are kept when ``retain="auto"`` and there is
+one chunk, otherwise each product re-runs forward and double backward per chunk (memory bounded, like PyHessian's
+dataloader mode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "CurvatureOperator", "HessianOperator", "MatrixOperator", "TraceEstimate", "EigenResult", "SpectralDensity",
+    "hutchinson", "hutchpp", "trace", "lanczos", "spectral_density", "rademacher", "dense_matrix",
+    "subspace_overlap", "preserved_state",
+]
+
+
+class CurvatureOperator(Protocol):
+    """A symmetric linear operator on flat vectors of length ``size``; ``matmat`` takes and returns ``[b, size]``."""
+
+    size: int
+    device: torch.device
+    dtype: torch.dtype
+    products: int
+
+    def matmat(self, vectors: torch.Tensor) -> torch.Tensor: ...
+
+
+def rademacher(count: int, size: int, generator: torch.Generator | None, device: Any = "cpu",
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``count`` Rademacher (+1/-1) vectors of length ``size``, drawn on CPU from ``generator`` (device independent)."""
+    bits = torch.randint(0, 2, (count, size), generator=generator, dtype=torch.int8)
+    return (bits.to(dtype) * 2 - 1).to(device)
+
+
+def _normal(count: int, size: int, generator: torch.Generator | None, device: Any, dtype: torch.dtype) -> torch.Tensor:
+    return torch.randn(count, size, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------------- state guard
+@contextlib.contextmanager
+def preserved_state(model: nn.Module, restore_buffers: bool = False) -> Iterator[None]:
+    """Restore every module's train/eval flag, every parameter's ``.grad`` and (optionally) all buffers on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.grad) for p in model.parameters()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()] if restore_buffers else []
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.train(training)
+        for p, g in grads:
+            p.grad = g
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+# ------------------------------------------------------------------------------------------------------ operators
+class MatrixOperator:
+    """An explicit symmetric matrix as a curvature operator (tests, and small problems)."""
+
+    def __init__(self, matrix: torch.Tensor):
+        self.matrix = matrix
+        self.size = int(matrix.shape[0])
+        self.device = matrix.device
+        self.dtype = matrix.dtype
+        self.products = 0
+
+    def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
+        self.products += int(vectors.shape[0])
+        return vectors.to(self.dtype) @ self.matrix
+
+
+LossFn = Callable[..., torch.Tensor]
+
+
+def _default_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    from .training import loss_fn
+
+    return loss_fn(logits, labels, reduction)
+
+
+@dataclass
+class _Chunk:
+    x: torch.Tensor
+    y: torch.Tensor
+    weight: float
+    graph: tuple | None = None
+
+
+class HessianOperator:
+    """Products with the Hessian (``kind="hessian"``) or the Gauss-Newton matrix (``kind="ggn"``) of a model's loss.
+
+    The loss is the mean of ``loss(logits, labels)`` over ``data`` (``LabeledData`` or an ``(images, labels)``
+    pair), or over a seeded subsample of ``subsample`` examples drawn from ``generator``. ``batch_size`` bounds the
+    examples in one forward pass (``None``: all at once); results are exactly the full-data products.
+
+    ``params``: the parameters to differentiate (default: all that require grad), flattened in order.
+    ``bn``: ``"eval"`` or ``"batch"`` (see the module docstring). ``batched``: issue blocks of products with
+    ``is_grads_batched`` (``"auto"``: on CUDA only). ``retain``: keep each chunk's gradient graph between products
+    (``"auto"``: when the data is one chunk).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Any,
+        *,
+        loss: LossFn | None = None,
+        kind: Literal["hessian", "ggn"] = "hessian",
+        batch_size: int | None = None,
+        subsample: int | None = None,
+        generator: torch.Generator | None = None,
+        params: Sequence[torch.Tensor] | None = None,
+        bn: Literal["eval", "batch"] = "eval",
+        batched: bool | Literal["auto"] = "auto",
+        retain: bool | Literal["auto"] = "auto",
+    ):
+        if kind not in ("hessian", "ggn"):
+            raise ValueError(f"kind must be 'hessian' or 'ggn', not {kind!r}")
+        if bn not in ("eval", "batch"):
+            raise ValueError(f"bn must be 'eval' or 'batch', not {bn!r}")
+        self.model = model
+        self.kind = kind
+        self.bn = bn
+        self.loss = loss or _default_loss
+        self.params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+        if not self.params:
+            raise ValueError("no parameters require grad")
+        self.shapes = [p.shape for p in self.params]
+        self.numels = [p.numel() for p in self.params]
+        self.size = sum(self.numels)
+        self.device = self.params[0].device
+        self.dtype = self.params[0].dtype
+        self.products = 0
+
+        images, labels = (data.images, data.labels) if hasattr(data, "images") else data
+        n = int(images.shape[0])
+        if subsample is not None and subsample < n:
+            idx = torch.randperm(n, generator=generator)[:subsample].sort().values
+            images, labels = images[idx.to(images.device)], labels[idx.to(labels.device)]
+            n = subsample
+        if n == 0:
+            raise ValueError("no examples")
+        self.num_examples = n
+        bs = n if batch_size is None else max(1, min(int(batch_size), n))
+        self.chunks = [
+            _Chunk(images[s : s + bs], labels[s : s + bs], min(bs, n - s) / n) for s in range(0, n, bs)
+        ]
+        if bn == "batch" and len(self.chunks) > 1 and _has_batchnorm(model):
+            raise ValueError(
+                "bn='batch' couples the examples of a batch, so the Hessian over several chunks is not the Hessian "
+                "of one loss; use bn='eval' or batch_size=None"
+            )
+        self.batched = (self.device.type == "cuda") if batched == "auto" else bool(batched)
+        self.retain = (len(self.chunks) == 1) if retain == "auto" else bool(retain)
+
+    # -- flat <-> per-parameter
+    def _unflatten(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        lead = flat.shape[:-1]
+        return [t.reshape(*lead, *s) for t, s in zip(torch.split(flat, self.numels, dim=-1), self.shapes, strict=True)]
+
+    def _flatten(self, tensors: Sequence[torch.Tensor | None], lead: tuple[int, ...]) -> torch.Tensor:
+        parts = [
+            (torch.zeros(*lead, n, device=self.device, dtype=self.dtype) if t is None else t.reshape(*lead, n))
+            for t, n in zip(tensors, self.numels, strict=True)
+        ]
+        return torch.cat(parts, dim=-1)
+
+    # -- graphs
+    def _build(self, chunk: _Chunk) -> tuple:
+        """The graph a product differentiates through, built under the BN policy with state restored."""
+        with preserved_state(self.model, restore_buffers=self.bn == "batch"):
+            self.model.train(self.bn == "batch")
+            x = chunk.x.to(self.device)
+            y = chunk.y.to(self.device)
+            with torch.enable_grad():
+                logits = self.model(x)
+                loss = self.loss(logits, y, "mean") * chunk.weight
+                if self.kind == "hessian":
+                    grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+                    used = [(g, p) for g, p in zip(grads, self.params, strict=True) if g is not None]
+                    return ("hessian", [g for g, _ in used], [p for _, p in used],
+                            [i for i, g in enumerate(grads) if g is not None])
+                # Gauss-Newton: G v = J^T H_z J v with H_z the Hessian of the loss in the logits z.
+                gz = torch.autograd.grad(loss, logits, create_graph=True)[0]
+                dummy = torch.zeros_like(logits, requires_grad=True)
+                jt = torch.autograd.grad(logits, self.params, grad_outputs=dummy, create_graph=True,
+                                         allow_unused=True)
+                used_idx = [i for i, g in enumerate(jt) if g is not None]
+                return ("ggn", logits, gz, dummy, [jt[i] for i in used_idx], [self.params[i] for i in used_idx],
+                        used_idx)
+
+    def _product(self, graph: tuple, vectors: list[torch.Tensor], batched: bool) -> list[torch.Tensor | None]:
+        out: list[torch.Tensor | None] = [None] * len(self.params)
+        if graph[0] == "hessian":
+            _, grads, params, idx = graph
+            res = torch.autograd.grad(grads, params, grad_outputs=[vectors[i] for i in idx], retain_graph=True,
+                                      is_grads_batched=batched, allow_unused=True)
+        else:
+            _, logits, gz, dummy, jt, params, idx = graph
+            jv = torch.autograd.grad(jt, dummy, grad_outputs=[vectors[i] for i in idx], retain_graph=True,
+                                     is_grads_batched=batched)[0]
+            hjv = torch.autograd.grad(gz, logits, grad_outputs=jv, retain_graph=True, is_grads_batched=batched)[0]
+            res = torch.autograd.grad(logits, params, grad_outputs=hjv, retain_graph=True,
+                                      is_grads_batched=batched, allow_unused=True)
+        for i, r in zip(idx, res, strict=True):
+            out[i] = r
+        return out
+
+    def matvec(self, vector: torch.Tensor) -> torch.Tensor:
+        return self.matmat(vector.reshape(1, -1))[0]
+
+    def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
+        """``[b, size] -> [b, size]``: one product per row."""
+        vectors = vectors.to(device=self.device, dtype=self.dtype)
+        b = int(vectors.shape[0])
+        total = torch.zeros(b, self.size, device=self.device, dtype=self.dtype)
+        with preserved_state(self.model):
+            for chunk in self.chunks:
+                graph = chunk.graph or self._build(chunk)
+                if self.retain:
+                    chunk.graph = graph
+                if self.batched and b > 1:
+                    total += self._flatten(self._product(graph, self._unflatten(vectors), True), (b,))
+                else:
+                    for j in range(b):
+                        total[j] += self._flatten(self._product(graph, self._unflatten(vectors[j]), False), ())
+                del graph
+        self.products += b
+        return total.detach()
+
+    def gradient(self) -> torch.Tensor:
+        """The flat loss gradient (side-effect free), e.g. to check the operator's loss."""
+        total = torch.zeros(self.size, device=self.device, dtype=self.dtype)
+        with preserved_state(self.model, restore_buffers=self.bn == "batch"):
+            self.model.train(self.bn == "batch")
+            for chunk in self.chunks:
+                with torch.enable_grad():
+                    loss = self.loss(self.model(chunk.x.to(self.device)), chunk.y.to(self.device), "mean")
+                    g = torch.autograd.grad(loss * chunk.weight, self.params, allow_unused=True)
+                total += self._flatten(g, ())
+        return total
+
+    def close(self) -> None:
+        """Free the retained graphs (they also go when the operator is garbage collected)."""
+        for chunk in self.chunks:
+            chunk.graph = None
+
+
+def dense_matrix(op: CurvatureOperator, block: int = 64) -> torch.Tensor:
+    """The explicit ``[size, size]`` matrix by products with the identity (small models only)."""
+    n = op.size
+    rows = []
+    for s in range(0, n, block):
+        eye = torch.zeros(min(block, n - s), n, device=op.device, dtype=op.dtype)
+        eye[torch.arange(eye.shape[0]), torch.arange(s, s + eye.shape[0])] = 1
+        rows.append(op.matmat(eye))
+    return torch.cat(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------- trace
+@dataclass(frozen=True)
+class TraceEstimate:
+    """A stochastic trace estimate: ``value`` ± ``stderr`` from ``products`` operator products.
+
+    ``samples`` are the per-probe quadratic forms (for Hutch++, those of the deflated remainder, to which
+    ``exact_part`` = tr(QᵀAQ) is added). ``converged`` says whether the requested relative precision was reached.
+    """
+
+    value: float
+    stderr: float
+    products: int
+    method: str
+    converged: bool
+    samples: np.ndarray = field(repr=False)
+    exact_part: float = 0.0
+    rtol: float | None = None
+
+    @property
+    def rel_stderr(self) -> float:
+        return abs(self.stderr / self.value) if self.value else math.inf
+
+
+def _stderr(samples: list[float]) -> float:
+    if len(samples) < 2:
+        return math.inf
+    return float(np.std(samples, ddof=1) / math.sqrt(len(samples)))
+
+
+def _check_budget(max_products: int, needed: int, what: str) -> None:
+    if max_products < needed:
+        raise ValueError(f"{what} needs at least {needed} products; max_products is {max_products}")
+
+
+def hutchinson(
+    op: CurvatureOperator,
+    *,
+    rtol: float | None = 0.02,
+    max_products: int = 1000,
+    min_samples: int = 10,
+    block: int = 1,
+    generator: torch.Generator | None = None,
+    stop: Literal["precision", "pyhessian-0.1"] = "precision",
+    tol: float = 1e-3,
+) -> TraceEstimate:
+    """Hutchinson's estimator with Rademacher probes: mean of vᵀAv, standard error from the sample spread.
+
+    ``stop="precision"``: draw probes (``block`` at a time) until stderr <= ``rtol`` * |mean| with at least
+    ``min_samples`` probes, or until ``max_products``; ``rtol=None`` uses exactly ``max_products`` probes.
+    ``stop="pyhessian-0.1"`` reproduces PyHessian 0.1 (the paper's tool): stop as soon as
+    ``|mean_i - mean_{i-1}| / (mean_{i-1} + 1e-6) < tol`` *without* an absolute value in the denominator (so a
+    negative first sample stops it after two probes), at most ``max_products`` (PyHessian: 100) probes.
+    """
+    _check_budget(max_products, 1, "hutchinson")
+    samples: list[float] = []
+    prev = 0.0
+    converged = False
+    while len(samples) < max_products:
+        b = 1 if stop == "pyhessian-0.1" else max(1, min(block, max_products - len(samples)))
+        v = rademacher(b, op.size, generator, op.device, op.dtype)
+        av = op.matmat(v)
+        samples.extend((v * av).sum(1).double().cpu().tolist())
+        mean = float(np.mean(samples))
+        if stop == "pyhessian-0.1":
+            if abs(mean - prev) / (prev + 1e-6) < tol:
+                converged = True
+                break
+            prev = mean
+        elif rtol is not None and len(samples) >= min_samples and _stderr(samples) <= rtol * abs(mean):
+            converged = True
+            break
+    value = float(np.mean(samples))
+    return TraceEstimate(value, _stderr(samples), len(samples), f"hutchinson[{stop}]",
+                         converged if (rtol is not None or stop != "precision") else True,
+                         np.asarray(samples), 0.0, rtol)
+
+
+def hutchpp(
+    op: CurvatureOperator,
+    *,
+    rtol: float | None = 0.02,
+    max_products: int = 1000,
+    sketch: int | None = None,
+    min_samples: int = 10,
+    block: int = 1,
+    generator: torch.Generator | None = None,
+) -> TraceEstimate:
+    """Hutch++ (Meyer, Musco, Musco, Woodruff 2021), adaptive in its last stage.
+
+    A sketch Q = orth(A S) of ``sketch`` Rademacher columns captures the dominant eigenspace; tr(QᵀAQ) is
+    computed exactly (``sketch`` more products), and the remainder tr((I-QQᵀ)A(I-QQᵀ)) by Hutchinson with
+    projected Rademacher probes until the stated relative precision (or the budget). The standard error is that
+    of the remainder estimate, conditional on Q. Default sketch: ``min(20, max_products // 4)``.
+    """
+    k = sketch if sketch is not None else max(1, min(20, max_products // 4))
+    k = min(k, op.size)
+    _check_budget(max_products, 2 * k + 2, "hutchpp")
+    S = rademacher(k, op.size, generator, op.device, op.dtype)
+    Y = op.matmat(S)
+    Q, _ = torch.linalg.qr(Y.T.double())
+    Q = Q.to(op.dtype)  # [n, k]
+    AQ = op.matmat(Q.T.contiguous())
+    exact = float((Q.T * AQ).sum().double())
+    used = 2 * k
+    samples: list[float] = []
+    converged = False
+    while used < max_products:
+        b = max(1, min(block, max_products - used))
+        v = rademacher(b, op.size, generator, op.device, op.dtype)
+        v = v - (v @ Q) @ Q.T
+        av = op.matmat(v)
+        used += b
+        samples.extend((v * av).sum(1).double().cpu().tolist())
+        total = exact + float(np.mean(samples))
+        if rtol is not None and len(samples) >= min_samples and _stderr(samples) <= rtol * abs(total):
+            converged = True
+            break
+    value = exact + (float(np.mean(samples)) if samples else 0.0)
+    return TraceEstimate(value, _stderr(samples), used, "hutch++", converged or rtol is None,
+                         np.asarray(samples), exact, rtol)
+
+
+def trace(op: CurvatureOperator, method: str = "hutchpp", **kwargs: Any) -> TraceEstimate:
+    """``hutchpp`` (default) or ``hutchinson``."""
+    if method in ("hutchpp", "hutch++"):
+        return hutchpp(op, **kwargs)
+    if method == "hutchinson":
+        return hutchinson(op, **kwargs)
+    raise ValueError(f"unknown trace method {method!r}: use 'hutchpp' or 'hutchinson'")
+
+
+# ------------------------------------------------------------------------------------------------------- lanczos
+@dataclass(frozen=True)
+class EigenResult:
+    """Ritz pairs: ``eigenvalues`` [k] (descending), ``eigenvectors`` [k, size], per-pair ``residuals``
+    (||A x - θ x|| for unit x, a bound on |θ - λ| for the nearest eigenvalue λ) and ``converged`` flags."""
+
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor
+    residuals: torch.Tensor
+    converged: list[bool]
+    iterations: int
+    products: int
+
+
+def _lanczos_run(op: CurvatureOperator, start: torch.Tensor, max_iter: int,
+                 check: Callable[[np.ndarray, np.ndarray, float, int], bool] | None = None):
+    """Lanczos with full reorthogonalization. Returns (Q [m, n], alphas, betas) with betas[m-1] the residual norm."""
+    n = op.size
+    m_max = min(max_iter, n)
+    Q = torch.zeros(m_max, n, device=op.device, dtype=op.dtype)
+    q = start / start.norm()
+    alphas: list[float] = []
+    betas: list[float] = []
+    for j in range(m_max):
+        Q[j] = q
+        w = op.matmat(q.reshape(1, -1))[0]
+        alpha = float(torch.dot(w.double(), q.double()))
+        w = w - alpha * q - (betas[-1] * Q[j - 1] if j > 0 else 0.0)
+        # full reorthogonalization, twice (Kahan–Parlett "twice is enough")
+        for _ in range(2):
+            w = w - (Q[: j + 1] @ w) @ Q[: j + 1]
+        beta = float(w.double().norm())
+        alphas.append(alpha)
+        betas.append(beta)
+        scale = max(abs(a) for a in alphas) or 1.0
+        if beta <= 1e-10 * scale * math.sqrt(n):  # invariant subspace: the Ritz values are exact
+            betas[-1] = 0.0
+            break
+        if check is not None and check(np.asarray(alphas), np.asarray(betas), beta, j + 1):
+            break
+        q = w / beta
+    m = len(alphas)
+    return Q[:m], np.asarray(alphas), np.asarray(betas)
+
+
+def _tridiag_eigh(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    T = np.diag(alphas) + np.diag(betas[: len(alphas) - 1], 1) + np.diag(betas[: len(alphas) - 1], -1)
+    return np.linalg.eigh(T)
+
+
+def _select(theta: np.ndarray, k: int, which: str) -> np.ndarray:
+    if which == "LA":
+        return np.argsort(-theta)[:k]
+    if which == "LM":
+        return np.argsort(-np.abs(theta))[:k]
+    if which == "SA":
+        return np.argsort(theta)[:k]
+    raise ValueError(f"which must be 'LA', 'LM' or 'SA', not {which!r}")
+
+
+def lanczos(
+    op: CurvatureOperator,
+    k: int = 5,
+    *,
+    tol: float = 1e-5,
+    max_iter: int | None = None,
+    which: Literal["LA", "LM", "SA"] = "LA",
+    generator: torch.Generator | None = None,
+    min_iter: int | None = None,
+) -> EigenResult:
+    """The ``k`` extreme eigenpairs by Lanczos with full reorthogonalization (largest algebraic by default).
+
+    Stops when every wanted Ritz pair has residual ||Ax - θx|| = β_m |s_m| <= ``tol`` * max |θ| (then
+    |θ - λ| <= residual, and <= residual² / gap when the gap to the rest of the spectrum is known), or after
+    ``max_iter`` products (default ``min(size, max(4k + 20, 80))``). A single start vector cannot separate exactly
+    repeated eigenvalues; Hessians of trained networks rarely have them.
+    """
+    n = op.size
+    k = min(k, n)
+    max_iter = min(n, max_iter or max(4 * k + 20, 80))
+    min_iter = min(max_iter, min_iter or k + 2)
+    start = _normal(1, n, generator, op.device, op.dtype)[0]
+
+    def check(alphas: np.ndarray, betas: np.ndarray, beta: float, m: int) -> bool:
+        if m < min_iter:
+            return False
+        theta, S = _tridiag_eigh(alphas, betas)
+        idx = _select(theta, k, which)
+        res = beta * np.abs(S[-1, idx])
+        return bool(np.all(res <= tol * max(np.max(np.abs(theta)), 1e-30)))
+
+    before = op.products
+    Q, alphas, betas = _lanczos_run(op, start, max_iter, check)
+    theta, S = _tridiag_eigh(alphas, betas)
+    idx = _select(theta, min(k, len(theta)), which)
+    scale = max(float(np.max(np.abs(theta))), 1e-30)
+    res = betas[-1] * np.abs(S[-1, idx])
+    vecs = torch.as_tensor(S[:, idx].T, dtype=op.dtype, device=op.device) @ Q
+    vecs = vecs / vecs.norm(dim=1, keepdim=True)
+    return EigenResult(
+        torch.as_tensor(theta[idx], dtype=torch.float64), vecs, torch.as_tensor(res, dtype=torch.float64),
+        [bool(r <= tol * scale) for r in res], len(alphas), op.products - before,
+    )
+
+
+def subspace_overlap(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Overlap of the spans of the rows of ``a`` [k, n] and ``b`` [l, n]: ||Q_aᵀ Q_b||_F² / min(k, l), in [0, 1]."""
+    qa, _ = torch.linalg.qr(a.T.double())
+    qb, _ = torch.linalg.qr(b.T.to(qa.device).double())
+    return float((qa.T @ qb).pow(2).sum() / min(qa.shape[1], qb.shape[1]))
+
+
+# ------------------------------------------------------------------------------------------------ spectral density
+@dataclass(frozen=True)
+class SpectralDensity:
+    """Stochastic Lanczos quadrature: per start vector, Ritz ``nodes`` and quadrature ``weights`` (sum 1)."""
+
+    nodes: list[np.ndarray]
+    weights: list[np.ndarray]
+    products: int
+    size: int
+
+    def density(self, grid: np.ndarray, sigma: float | None = None) -> np.ndarray:
+        """The eigenvalue density on ``grid``, each node smoothed by a Gaussian of width ``sigma``."""
+        lo = min(float(nd.min()) for nd in self.nodes)
+        hi = max(float(nd.max()) for nd in self.nodes)
+        sigma = sigma or max(hi - lo, 1e-12) / 200
+        out = np.zeros_like(grid, dtype=float)
+        for nodes, weights in zip(self.nodes, self.weights, strict=True):
+            diff = grid[:, None] - nodes[None, :]
+            out += (weights[None, :] * np.exp(-0.5 * (diff / sigma) ** 2)).sum(1) / (sigma * math.sqrt(2 * math.pi))
+        return out / len(self.nodes)
+
+    def trace(self) -> float:
+        """The SLQ trace estimate n · E[Σ w θ] (a by-product; use hutchpp for a trace with a standard error)."""
+        return float(self.size * np.mean([(w * t).sum() for t, w in zip(self.nodes, self.weights, strict=True)]))
+
+    def figure(self, path: Path, title: str = "", points: int = 1000) -> Path:
+        from .report.figures import plt, save
+
+        lo = min(float(nd.min()) for nd in self.nodes)
+        hi = max(float(nd.max()) for nd in self.nodes)
+        pad = 0.05 * max(hi - lo, 1e-12)
+        grid = np.linspace(lo - pad, hi + pad, points)
+        dens = self.density(grid)
+        pyplot = plt()
+        fig, ax = pyplot.subplots(figsize=(6, 3.5))
+        ax.semilogy(grid, dens + 1e-12, color="#0072B2")
+        ax.set_xlabel("eigenvalue")
+        ax.set_ylabel("density (log)")
+        ax.set_ylim(bottom=max(1e-8, float(dens[dens > 0].min()) if (dens > 0).any() else 1e-8))
+        if title:
+            ax.set_title(title)
+        return save(fig, Path(path))
+
+
+def spectral_density(op: CurvatureOperator, *, iters: int = 80, vectors: int = 1,
+                     generator: torch.Generator | None = None) -> SpectralDensity:
+    """SLQ (Lin, Saad, Yang 2016; Ghorbani et al. 2019): ``vectors`` Rademacher starts, ``iters`` Lanczos steps each
+    with full reorthogonalization; nodes are the Ritz values, weights the squared first components of T's
+    eigenvectors."""
+    nodes, weights = [], []
+    before = op.products
+    for _ in range(vectors):
+        start = rademacher(1, op.size, generator, op.device, op.dtype)[0]
+        _, alphas, betas = _lanczos_run(op, start, iters)
+        theta, S = _tridiag_eigh(alphas, betas)
+        nodes.append(theta)
+        weights.append(S[0, :] ** 2)
+    return SpectralDensity(nodes, weights, op.products - before, op.size)
