@@ -141,6 +141,8 @@ class LOOResult:
     seconds: float = 0.0
     strategy: str = ""
     retrains: int = 0
+    final_state: dict[str, torch.Tensor] | None = None  # the reference run's trained model
+    checkpoints: list[tuple[int, dict[str, torch.Tensor]]] = field(default_factory=list)
 
     @property
     def influence(self) -> torch.Tensor:
@@ -177,20 +179,37 @@ class _Job:
     test_labels: torch.Tensor
     recipe: TrainRecipe
     learned_lr: float | None = None
+    checkpoint_steps: tuple[int, ...] = ()
 
 
-def _retrain(job: _Job, subset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _retrain(job: _Job, subset: torch.Tensor, record: bool = False):
+    """One run: test losses and margins, and when ``record`` the final and checkpoint states (on CPU)."""
     net = copy.deepcopy(job.model)
     idx = subset.to(job.images.device)
     gen = torch.Generator().manual_seed(0)
-    fit(net, job.images[idx], job.labels[idx], job.recipe, learned_lr=job.learned_lr, generator=gen)
-    return test_outputs(net, job.test_images, job.test_labels)
+    states: list[tuple[int, dict[str, torch.Tensor]]] = []
+    callbacks = []
+    if record and job.checkpoint_steps:
+        wanted = set(job.checkpoint_steps)
+
+        def keep(state: TrainState) -> None:
+            if state.step in wanted:
+                states.append((state.step, {k: v.detach().cpu().clone() for k, v in state.model.state_dict().items()}))
+
+        callbacks.append(keep)
+    fit(net, job.images[idx], job.labels[idx], job.recipe, learned_lr=job.learned_lr, generator=gen,
+        callbacks=callbacks)
+    loss, margin = test_outputs(net, job.test_images, job.test_labels)
+    extra = None
+    if record:
+        extra = {"final": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, "checkpoints": states}
+    return loss, margin, extra
 
 
-def _retrain_many(job: _Job, subsets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Worker task: retrain on each subset; stacked test losses and margins."""
-    outs = [_retrain(job, s) for s in subsets]
-    return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
+def _retrain_many(job: _Job, runs: list[tuple[torch.Tensor, bool]]):
+    """Worker task: retrain on each subset; stacked test losses and margins, and any recorded states."""
+    outs = [_retrain(job, s, record) for s, record in runs]
+    return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs]), [o[2] for o in outs]
 
 
 def loo_subsets(n: int) -> list[torch.Tensor]:
@@ -202,13 +221,14 @@ def loo_subsets(n: int) -> list[torch.Tensor]:
 def exact_loo(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor,
               test_labels: torch.Tensor, recipe: TrainRecipe, *, learned_lr: float | None = None,
               strategy: Strategy = "auto", workers: int = 1, vmap_batch: int = 32,
-              noise_generator: torch.Generator | None = None,
+              noise_generator: torch.Generator | None = None, checkpoint_steps: Sequence[int] = (),
               advance: Callable[[int], None] | None = None) -> LOOResult:
     """Exact leave-one-out from the initialization ``model`` (left unchanged): ``n + 2`` trainings.
 
     Each run deep-copies ``model`` and trains on all examples but one, in their original order; one run trains on
-    all examples (the reference) and one on all examples in a permuted order (the noise run). ``advance(k)`` is
-    called as ``k`` more runs finish.
+    all examples (the reference) and one on all examples in a permuted order (the noise run). The reference run
+    keeps its final state and its states after each step in ``checkpoint_steps`` (0 = the initialization) in
+    ``LOOResult.final_state`` / ``checkpoints``. ``advance(k)`` is called as ``k`` more runs finish.
     """
     t0 = time.perf_counter()
     n = int(images.shape[0])
@@ -218,34 +238,38 @@ def exact_loo(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, test
     perm = torch.randperm(n, generator=gen)
     subsets = loo_subsets(n)
     tick = advance or (lambda k: None)
+    ckpt = tuple(int(s) for s in checkpoint_steps)
     if strategy == "processes":
         cpu = _Job(copy.deepcopy(model).cpu(), images.cpu(), labels.cpu(), test_images.cpu(), test_labels.cpu(),
-                   recipe, learned_lr)
+                   recipe, learned_lr, ckpt)
         from .executor import process_map
 
-        runs = [torch.arange(n), perm, *subsets]
+        runs = [(s, False) for s in (perm, *subsets)]
         chunk = max(1, math.ceil(len(runs) / (4 * workers)))
-        chunks = [runs[i:i + chunk] for i in range(0, len(runs), chunk)]
+        chunks = [[(torch.arange(n), True)]] + [runs[i:i + chunk] for i in range(0, len(runs), chunk)]
         outs = process_map(_retrain_many, chunks, workers=workers, shared=cpu,
                            on_result=lambda i, r: tick(int(r[0].shape[0])))
         losses = torch.cat([o[0] for o in outs])
         margins = torch.cat([o[1] for o in outs])
+        extra = outs[0][2][0]
     else:
-        job = _Job(model, images, labels, test_images, test_labels, recipe, learned_lr)
-        head = [_retrain(job, torch.arange(n).to(device)), _retrain(job, perm.to(device))]
+        job = _Job(model, images, labels, test_images, test_labels, recipe, learned_lr, ckpt)
+        head = [_retrain(job, torch.arange(n), True), _retrain(job, perm)]
+        extra = head[0][2]
         tick(2)
         if strategy == "vmap":
             loo = _loo_vmapped(job, subsets, vmap_batch, tick)
         else:
-            loo = []
+            outs = []
             for s in subsets:
-                loo.append(_retrain(job, s))
+                outs.append(_retrain(job, s))
                 tick(1)
-            loo = (torch.stack([o[0] for o in loo]), torch.stack([o[1] for o in loo]))
+            loo = (torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs]))
         losses = torch.cat([torch.stack([head[0][0], head[1][0]]), loo[0]])
         margins = torch.cat([torch.stack([head[0][1], head[1][1]]), loo[1]])
     return LOOResult(losses[0], losses[2:], margins[0], margins[2:], losses[1], margins[1],
-                     seconds=time.perf_counter() - t0, strategy=strategy, retrains=n + 2)
+                     seconds=time.perf_counter() - t0, strategy=strategy, retrains=n + 2,
+                     final_state=extra["final"], checkpoints=extra["checkpoints"])
 
 
 def resolve_strategy(strategy: Strategy, device: Any, workers: int, recipe: TrainRecipe, n: int) -> str:

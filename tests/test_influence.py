@@ -67,8 +67,13 @@ def test_exact_loo_matches_brute_force(digits):
     x, y, tx, ty = _tiny_digits(digits)
     init = _convnet()
     before = copy.deepcopy(init.state_dict())
-    res = inf.exact_loo(init, x, y, tx, ty, TrainRecipe(steps=15), strategy="serial")
+    res = inf.exact_loo(init, x, y, tx, ty, TrainRecipe(steps=15), strategy="serial", checkpoint_steps=(0, 5, 10))
     full, loo = _brute_force_loo(init, x, y, tx, ty, 15)
+    assert [s for s, _ in res.checkpoints] == [0, 5, 10]
+    assert all(torch.equal(before[k], v) for k, v in res.checkpoints[0][1].items())
+    final = copy.deepcopy(init)
+    final.load_state_dict(res.final_state)
+    assert torch.allclose(inf.test_outputs(final, tx, ty)[0], full, atol=1e-5)
     assert all(torch.equal(before[k], v) for k, v in init.state_dict().items())  # the initialization is untouched
     assert torch.allclose(res.loss_full, full, atol=1e-5)
     assert torch.allclose(res.loss_loo, loo, atol=1e-5)

@@ -113,24 +113,35 @@ class Influence:
         base = {"model": ctx.models[model].key(), "set": ds.manifest.sha256, "recipe": recipe.key(), "seed": ctx.seed,
                 "learned_lr": lr, "real": ctx.data_key, "test": None if test_idx is None else test_idx.tolist(),
                 "version": 1}
+        steps = recipe.total_steps(n)
+        every = max(1, steps // options.tracin_checkpoints)
+        ckpt_steps = list(range(0, steps, every))[: options.tracin_checkpoints]
         results = []
         with ctx.progress.task(f"influence: {set_name} leave-one-out", total=options.inits * (n + 2)) as task:
             for r in range(options.inits):
                 init = ctx.build_model(model, seed_name=f"influence:{r}")
-                parts = {**base, "init": f"influence:{r}"}
+                record = ckpt_steps if r == 0 else []  # initialization 0's full run is the audited model
+                parts = {**base, "init": f"influence:{r}", "checkpoint_steps": record}
 
-                def compute(init=init, r=r) -> dict[str, torch.Tensor]:
+                def compute(init=init, r=r, record=record) -> dict[str, torch.Tensor]:
                     res = inf.exact_loo(init, data.images, data.labels, test_x, test_y, recipe, learned_lr=lr,
                                         strategy=options.strategy, workers=workers,
                                         noise_generator=ctx.rng(f"influence:noise:{set_name}:{r}"),
-                                        advance=task.advance)
-                    return {**res.tensors(), "seconds": torch.tensor([res.seconds]),
-                            "retrains": torch.tensor([res.retrains])}
+                                        checkpoint_steps=record, advance=task.advance)
+                    out = {**res.tensors(), "seconds": torch.tensor([res.seconds]),
+                           "retrains": torch.tensor([res.retrains]),
+                           "ckpt_steps": torch.tensor([s for s, _ in res.checkpoints], dtype=torch.long)}
+                    out.update({f"final.{k}": v for k, v in res.final_state.items()})
+                    for c, (_, state) in enumerate(res.checkpoints):
+                        out.update({f"ckpt{c}.{k}": v for k, v in state.items()})
+                    return out
 
                 before = ctx.cache.misses["influence-loo"]
                 t = ctx.cache.tensors("influence-loo", parts, compute)
                 if ctx.cache.misses["influence-loo"] == before:
                     task.advance(n + 2)
+                if r == 0:
+                    stored = t
                 results.append(inf.LOOResult.from_tensors(t, seconds=float(t["seconds"][0]),
                                                           retrains=int(t["retrains"][0])))
         strategy = inf.resolve_strategy(options.strategy, ctx.device, workers, recipe, n)
@@ -174,7 +185,7 @@ class Influence:
         # the approximation audit: each backend against exact LOO of initialization 0
         audit = []
         t0 = time.perf_counter()
-        problem = self._problem(ctx, options, model, recipe, lr, data, test_x, test_y, base)
+        problem = self._problem(ctx, model, recipe, lr, data, test_x, test_y, stored)
         setup = time.perf_counter() - t0
         exact0 = results[0].influence
         for name in options.backends:
@@ -202,43 +213,19 @@ class Influence:
                 "full_run_check": float((problem.full_losses - results[0].loss_full).abs().max())}
         return {"metrics": metrics, "top": top, "audit": audit, "figures": figures, "info": info}
 
-    def _problem(self, ctx, options, model, recipe, lr, data, test_x, test_y, base):
-        """The full-set model of initialization 0 and its training checkpoints (cached), as an InfluenceProblem."""
-        import copy
-
-        import torch
-
+    def _problem(self, ctx, model, recipe, lr, data, test_x, test_y, stored):
+        """Initialization 0's full-set model and its training checkpoints (from the LOO cache entry)."""
         from .. import influence as inf
 
-        init = ctx.build_model(model, seed_name="influence:0")
-        steps = recipe.total_steps(len(data))
-        every = max(1, steps // options.tracin_checkpoints)
-
-        def compute() -> dict[str, torch.Tensor]:
-            net = copy.deepcopy(init)
-            saved: dict[str, torch.Tensor] = {}
-            marks: list[int] = []
-
-            def keep(state) -> None:
-                if state.step % every == 0 and state.step < state.total and len(marks) < options.tracin_checkpoints:
-                    marks.append(state.step)
-                    for key, v in state.model.state_dict().items():
-                        saved[f"ckpt{len(marks) - 1}.{key}"] = v.detach().clone()
-
-            inf.fit(net, data.images, data.labels, recipe, learned_lr=lr, callbacks=[keep],
-                    generator=torch.Generator().manual_seed(0))  # the data order every leave-one-out run uses
-            final = {f"final.{k}": v.detach().clone() for k, v in net.state_dict().items()}
-            return {**final, **saved, "steps": torch.tensor(marks)}
-
-        t = ctx.cache.tensors("influence-run", {**base, "init": "influence:0", "every": every,
-                                                "checkpoints": options.tracin_checkpoints}, compute)
-        names = [k for k in init.state_dict()]
-        init.load_state_dict({k: t[f"final.{k}"] for k in names})
-        init.eval()
-        ckpts = [(int(s), {k: t[f"ckpt{c}.{k}"].to(ctx.device) for k in names}) for c, s in enumerate(t["steps"])]
-        problem = inf.InfluenceProblem(init, data.images, data.labels, test_x, test_y,
+        net = ctx.build_model(model, seed_name="influence:0")
+        names = list(net.state_dict())
+        net.load_state_dict({k: stored[f"final.{k}"] for k in names})
+        net.eval()
+        ckpts = [(int(s), {k: stored[f"ckpt{c}.{k}"].to(ctx.device) for k in names})
+                 for c, s in enumerate(stored["ckpt_steps"].tolist())]
+        problem = inf.InfluenceProblem(net, data.images, data.labels, test_x, test_y,
                                        lr=recipe.resolved_lr(lr), l2=recipe.weight_decay, checkpoints=ckpts)
-        problem.full_losses = inf.test_outputs(init, test_x, test_y)[0]
+        problem.full_losses = inf.test_outputs(net, test_x, test_y)[0]
         return problem
 
     def _gallery(self, ctx, ds, test, rows, helped_idx, helped_val, set_name, c):
