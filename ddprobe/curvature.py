@@ -78,10 +78,21 @@ def _normal(count: int, size: int, generator: torch.Generator | None, device: An
 # --------------------------------------------------------------------------------------------------- state guard
 @contextlib.contextmanager
 def preserved_state(model: nn.Module, restore_buffers: bool = False) -> Iterator[None]:
-    """Restore every module's train/eval flag, every parameter's ``.grad`` and (optionally) all buffers on exit."""
+    """Restore every module's train/eval flag and every parameter's ``.grad`` on exit.
+
+    With ``restore_buffers``, the block runs on clones of all buffers (BatchNorm running statistics may be
+    updated by a train-mode forward) and the original buffer tensors are put back untouched afterwards; the clones
+    stay referenced by any graph built in the block, so that graph stays valid.
+    """
     modes = [(m, m.training) for m in model.modules()]
     grads = [(p, p.grad) for p in model.parameters()]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()] if restore_buffers else []
+    buffers = []
+    if restore_buffers:
+        for m in model.modules():
+            for name, b in list(m._buffers.items()):
+                if b is not None:
+                    buffers.append((m, name, b))
+                    m._buffers[name] = b.detach().clone()
     try:
         yield
     finally:
@@ -89,9 +100,8 @@ def preserved_state(model: nn.Module, restore_buffers: bool = False) -> Iterator
             m.train(training)
         for p, g in grads:
             p.grad = g
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
+        for m, name, b in buffers:
+            m._buffers[name] = b
 
 
 def _has_batchnorm(model: nn.Module) -> bool:

@@ -1,0 +1,77 @@
+"""The ``hessian`` probe end to end on digits with small settings."""
+
+from __future__ import annotations
+
+import torch
+
+from ddprobe import registry
+from ddprobe.builtin.probe_hessian import PAPER_RECIPE, Hessian, ema
+
+SMALL = {"convnet": ("convnet", {"width": 8, "depth": 2})}
+
+
+def test_registered_and_defaults_are_the_papers():
+    probe = registry.get_probe("hessian")
+    assert isinstance(probe, Hessian)
+    opts = probe.Options()
+    recipe = opts.recipe.apply(PAPER_RECIPE)
+    assert (recipe.batch_size, recipe.lr, recipe.momentum, recipe.steps, recipe.optimizer) == (256, 0.01, 0.9, 300,
+                                                                                               "sgd")
+    assert opts.checkpoints == 1
+
+
+def test_ema_matches_paper():
+    import pytest
+
+    assert ema([0.0, 10.0, 10.0]) == pytest.approx([0.0, 1.0, 1.9])
+
+
+def test_probe_end_to_end(make_ctx, random_set):
+    ctx = make_ctx(sets={"random2": random_set(2)}, models=SMALL)
+    probe = Hessian()
+    opts = probe.Options(recipe={"steps": 4}, checkpoints=4, real_subsample=100, budget=24, rtol=0.5, top_k=2)
+    res = probe.run(ctx, opts)
+    traces = res.tables["traces"]
+    assert len(traces) == 2 * 2 and set(traces.set) == {"real", "random2"}
+    assert traces.products.max() <= 24
+    assert res.metrics["products/max_per_checkpoint"] <= 2 * 24
+    assert res.info["real_examples"] == 100 and res.info["checkpoints"] == [0, 4]
+    for key in ("real/trace_final", "real/peak_step", "random2/trace_final", "random2/final_ratio",
+                "random2/overlap_final", "real/lambda_max_final"):
+        assert key in res.metrics, key
+    assert 0.0 <= res.metrics["random2/overlap_final"] <= 1.0 + 1e-9
+    assert res.metrics["random2/final_ratio"] == res.metrics["random2/trace_final"] / res.metrics["real/trace_final"]
+    assert res.figures["traces"].exists()
+    assert len(res.tables["eigen"]) == 2 * 2 * 2
+    # deterministic for the study seed
+    again = probe.run(make_ctx(sets={"random2": random_set(2)}, models=SMALL), opts)
+    assert again.tables["traces"].trace.tolist() == traces.trace.tolist()
+
+
+def test_measuring_does_not_change_the_training_run(make_ctx, digits):
+    """The run with curvature checkpoints ends at exactly the same weights as one without."""
+    from ddprobe.curvature import HessianOperator, hutchpp, lanczos
+
+    ctx = make_ctx(models=SMALL)
+    recipe = PAPER_RECIPE.model_copy(update={"steps": 3})
+    data = digits.train.subset(torch.arange(300))
+
+    def measure(state):
+        op = HessianOperator(state.model, data)
+        hutchpp(op, rtol=None, max_products=8, sketch=2, generator=torch.Generator().manual_seed(0))
+        lanczos(op, k=1, max_iter=4, generator=torch.Generator().manual_seed(0))
+
+    a = ctx.build_model("convnet", seed_name="x")
+    ctx.train(a, digits.train, recipe, seed_name="x", callbacks=[measure])
+    b = ctx.build_model("convnet", seed_name="x")
+    ctx.train(b, digits.train, recipe, seed_name="x")
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+def test_pyhessian_stop_needs_hutchinson(make_ctx):
+    import pytest
+
+    probe = Hessian()
+    with pytest.raises(ValueError, match="needs estimator"):
+        probe.run(make_ctx(models=SMALL), probe.Options(stop="pyhessian-0.1"))
