@@ -66,8 +66,13 @@ def trained_models(ctx: Any, model: str, jobs: Sequence[TrainJob], recipe: Train
     return out
 
 
-def distilled_jobs(ctx, sets, seeds: int, recipe, prefix: str):
-    """TrainJobs (and cache data ids) for every set and seed; a set without a learned lr falls back to 0.01."""
+def distilled_jobs(ctx, sets, seeds: int, recipe, model: str):
+    """TrainJobs (and cache data ids) for every set and seed; a set without a learned lr falls back to 0.01.
+
+    The seed streams are the ``evaluate`` probe's (``evaluate:<set>:<model>:<seed>``): with the same recipe the
+    cache keys are the same, so a study that runs ``evaluate`` and ``agreement``/``sensitivity`` trains each
+    distilled-trained model once.
+    """
     jobs, ids, keys, recipes = [], [], [], {}
     for set_name, ds in sets.items():
         use = recipe
@@ -75,7 +80,7 @@ def distilled_jobs(ctx, sets, seeds: int, recipe, prefix: str):
             use = recipe.model_copy(update={"lr": 0.01})
         recipes[set_name] = use
         for s in range(seeds):
-            jobs.append(TrainJob(f"{prefix}:{set_name}:{s}", ds, None, ds.manifest.learned_lr))
+            jobs.append(TrainJob(f"evaluate:{set_name}:{model}:{s}", ds, None, ds.manifest.learned_lr))
             ids.append(ds.manifest.sha256)
             keys.append((set_name, s))
     return jobs, ids, keys, recipes

@@ -245,3 +245,14 @@ def test_embedding_end_to_end(make_ctx, random_set, projection):
         assert 0 <= res.metrics[f"{s}/knn_agreement"] <= 1
     assert res.metrics["real_test/knn_agreement"] > 0.5  # a trained model separates digits
     assert res.figures["embedding"].exists()
+
+
+def test_distilled_models_shared_with_evaluate(make_ctx, random_set):
+    from ddprobe import registry
+
+    ctx = small_ctx(make_ctx, random_set)
+    registry.get_probe("evaluate").run(ctx, registry.get_probe("evaluate").Options(seeds=1))
+    misses = ctx.cache.misses["models"]
+    sens = registry.get_probe("sensitivity")
+    sens.run(ctx, sens.Options(presets=[], seeds=1))  # only the study cell: evaluate's models
+    assert ctx.cache.misses["models"] == misses

@@ -82,7 +82,7 @@ class Agreement:
                 curve_rows.append({"model": model, "step": t + 1, "mean_accuracy": float(mean_curve[t]),
                                    "std_accuracy": float(early.accuracy[:, t].std()) if early.accuracy.shape[0] > 1
                                    else 0.0})
-            jobs, ids, keys, recipes = distilled_jobs(ctx, sets, options.seeds, recipe, "agreement")
+            jobs, ids, keys, recipes = distilled_jobs(ctx, sets, options.seeds, recipe, model)
             nets = []
             for set_name in sets:  # one recipe per set (learned lr fallback); train each set's seeds together
                 sel = [i for i, k in enumerate(keys) if k[0] == set_name]

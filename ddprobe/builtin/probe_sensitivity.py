@@ -144,7 +144,7 @@ class Sensitivity:
         with ctx.progress.task("sensitivity cells", total=len(cells) * len(models)) as task:
             for cell, recipe, note in cells:
                 for model in models:
-                    jobs, ids, keys, recipes = distilled_jobs(ctx, sets, options.seeds, recipe, "sensitivity")
+                    jobs, ids, keys, recipes = distilled_jobs(ctx, sets, options.seeds, recipe, model)
                     groups: dict[str, list[int]] = {}
                     for i, (set_name, _) in enumerate(keys):
                         groups.setdefault(str(sorted(recipes[set_name].key().items())), []).append(i)
