@@ -14,6 +14,7 @@ from ddprobe.curvature import (
     hutchinson,
     hutchpp,
     lanczos,
+    minibatch_trace,
     spectral_density,
     subspace_overlap,
 )
@@ -114,8 +115,8 @@ def test_trace_within_stated_standard_error(method):
     true = float(torch.trace(explicit_hessian(model, x, y)))
     fn = hutchinson if method == "hutchinson" else hutchpp
     kwargs = {} if method == "hutchinson" else {"sketch": 8}
-    est = fn(HessianOperator(model, (x, y)), rtol=0.02, max_products=3000, generator=gen(1), **kwargs)
-    assert est.converged and est.rel_stderr <= 0.02
+    est = fn(HessianOperator(model, (x, y)), rtol=0.05, max_products=3000, generator=gen(1), **kwargs)
+    assert est.converged and est.rel_stderr <= 0.05
     assert abs(est.value - true) <= 4 * est.stderr
     assert est.products == (len(est.samples) + (16 if method == "hutchpp" else 0))
 
@@ -237,3 +238,15 @@ def test_deterministic_for_a_seed():
     la = lanczos(HessianOperator(model, (x, y)), k=2, generator=gen(5))
     lb = lanczos(HessianOperator(model, (x, y)), k=2, generator=gen(5))
     assert torch.equal(la.eigenvalues, lb.eigenvalues)
+
+
+def test_minibatch_trace_unbiased_within_stated_standard_error():
+    x, y = tiny_data(n=60, d=8)
+    model = tiny_mlp(d=8, hidden=10)
+    true = float(torch.trace(explicit_hessian(model, x, y)))
+    est = minibatch_trace(model, (x, y), batch_size=20, probes_per_batch=2, rtol=0.08, max_products=4000,
+                          generator=gen(4))
+    assert est.converged and abs(est.value - true) <= 4 * est.stderr
+    again = minibatch_trace(model, (x, y), batch_size=20, probes_per_batch=2, rtol=0.08, max_products=4000,
+                            generator=gen(4))
+    assert again.value == est.value and again.products == est.products == 2 * len(est.samples)

@@ -75,3 +75,13 @@ def test_pyhessian_stop_needs_hutchinson(make_ctx):
     probe = Hessian()
     with pytest.raises(ValueError, match="needs estimator"):
         probe.run(make_ctx(models=SMALL), probe.Options(stop="pyhessian-0.1"))
+
+
+def test_probe_minibatch_estimator(make_ctx, random_set):
+    ctx = make_ctx(sets={"random1": random_set(1)}, models=SMALL)
+    probe = Hessian()
+    res = probe.run(ctx, probe.Options(recipe={"steps": 2}, checkpoints=2, estimator="minibatch", minibatch_size=64,
+                                       budget=12, rtol=0.5))
+    traces = res.tables["traces"]
+    assert len(traces) == 4 and traces.products.max() <= 12
+    assert res.info["real_examples"] == 1437

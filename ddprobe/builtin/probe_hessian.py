@@ -43,10 +43,12 @@ class Hessian:
             None, ge=1, description="real training examples in the real-data Hessian (one seeded subsample, the same "
             "at every checkpoint); default: the full training set, as the paper",
         )
-        estimator: Literal["hutchpp", "hutchinson"] = Field(
-            "hutchpp", description="trace estimator: Hutch++ (default; same expectation, lower variance) or plain "
-            "Hutchinson with Rademacher probes (the paper's)",
+        estimator: Literal["hutchpp", "hutchinson", "minibatch"] = Field(
+            "hutchpp", description="trace estimator: Hutch++ (default; same expectation, lower variance), plain "
+            "Hutchinson with Rademacher probes (the paper's), or 'minibatch': Hutchinson on random minibatches of "
+            "minibatch_size examples (unbiased for the full-data trace; for large real sets)",
         )
+        minibatch_size: int = Field(256, ge=1, description="examples per round of the 'minibatch' estimator")
         rtol: float = Field(0.05, gt=0, description="stop a trace estimate at this relative standard error")
         stop: Literal["precision", "pyhessian-0.1"] = Field(
             "precision", description="'pyhessian-0.1' reproduces the paper's tool's stopping rule, sign quirk included "
@@ -81,7 +83,7 @@ class Hessian:
 
         import pandas as pd
 
-        from ..curvature import HessianOperator, hutchinson, hutchpp, lanczos, subspace_overlap
+        from ..curvature import HessianOperator, hutchinson, hutchpp, lanczos, minibatch_trace, subspace_overlap
 
         if options.stop == "pyhessian-0.1" and options.estimator != "hutchinson":
             raise ValueError("stop = 'pyhessian-0.1' needs estimator = 'hutchinson'")
@@ -132,7 +134,11 @@ class Hessian:
                         eig_rows.append({"step": state.step, "set": name, "rank": r + 1,
                                          "eigenvalue": float(eig.eigenvalues[r]),
                                          "residual": float(eig.residuals[r]), "converged": eig.converged[r]})
-                if options.estimator == "hutchpp":
+                if options.estimator == "minibatch":
+                    est = minibatch_trace(state.model, data, batch_size=options.minibatch_size, probes_per_batch=2,
+                                          rtol=options.rtol, max_products=budget, generator=gens[name], bn=options.bn)
+                    op.products += est.products
+                elif options.estimator == "hutchpp":
                     est = hutchpp(op, rtol=options.rtol, max_products=budget, generator=gens[name],
                                   sketch=max(1, min(10, budget // 4)))
                 else:
