@@ -99,7 +99,7 @@ class SubsetPool:
 
 @dataclass
 class EarlyPool:
-    predictions: torch.Tensor  # [runs, steps, test] predictions after steps 1..steps
+    predictions: torch.Tensor  # [runs, steps, test] predictions after steps 1..steps (uint8 up to 256 classes)
     accuracy: torch.Tensor  # [runs, steps]
     trained: int
 
@@ -224,7 +224,8 @@ def early_pool(ctx: Any, model: str, runs: int, recipe: TrainRecipe, *, mode: Mo
             task.advance(runs - len(missing))
             train_many(ctx, model, jobs, recipe, observe=observe, on_done=done, mode=mode, chunk=chunk, task=task)
     members = [found[m] for m in range(runs)]
-    return EarlyPool(torch.stack([e["pred"].long() for e in members]), torch.stack([e["acc"] for e in members]),
+    # kept in their stored dtype (uint8 for up to 256 classes): at the paper's scale 30 x 196 x 10,000 predictions
+    return EarlyPool(torch.stack([e["pred"] for e in members]), torch.stack([e["acc"] for e in members]),
                      len(missing))
 
 
@@ -232,7 +233,7 @@ def early_pool(ctx: Any, model: str, runs: int, recipe: TrainRecipe, *, mode: Mo
 
 def agreement(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Fraction of positions where predicted labels are equal; ``b`` may carry leading pool dimensions."""
-    return (a.to(b.device) == b).float().mean(-1)
+    return (a.to(b.device).long() == b.long()).float().mean(-1)
 
 
 def match_step(mean_accuracy: Sequence[float] | torch.Tensor, target: float) -> int:
