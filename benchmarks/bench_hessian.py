@@ -19,8 +19,10 @@ as we do). Each side gets a deep copy of the model.
     (unbiased under eval-mode BN; its standard error includes the data-sampling variance); "products" there are
     minibatch products, each about 1/11 of a full-data one in work.
 (2) Time to the top-5 eigenvalues agreeing to 1 % with the explicit ones (eigvalsh of the dense Hessian built from
-    ``--size``-many products). PyHessian: ``eigenvalues(top_n=5)`` with its default tol 1e-3, tightened 10x until it
-    agrees (the time of the agreeing call is reported, earlier attempts are listed). ddprobe: ``lanczos(k=5)``.
+    ``size``-many products, cached in /tmp). PyHessian: ``eigenvalues(top_n=5)`` with tol 1e-2, then 1e-3 (its
+    default), ... until it agrees: the time of the loosest agreeing call is reported, earlier attempts are listed.
+    ddprobe: ``lanczos(k=5, tol=1e-2, per_eigenvalue=True)``, whose residual bound certifies each eigenvalue to 1 %
+    before it stops (no explicit reference needed).
 Products are counted for both (PyHessian's by wrapping its ``hessian_vector_product``).
 """
 
@@ -139,7 +141,7 @@ def main() -> None:
         return float(np.max(np.abs(np.sort(np.asarray(vals))[::-1] - top5) / np.abs(top5)))
 
     attempts = []
-    for tol in (1e-3, 1e-4, 1e-5):
+    for tol in (1e-2, 1e-3, 1e-4, 1e-5):
         model_c = copy.deepcopy(net)
         torch.manual_seed(args.seed)
         counter["n"] = 0
@@ -159,7 +161,8 @@ def main() -> None:
                  float("nan"), note))
     model_d = copy.deepcopy(net)
     t0 = time.perf_counter()
-    res = lanczos(HessianOperator(model_d, (x, y)), k=5, tol=1e-3, generator=torch.Generator().manual_seed(args.seed))
+    res = lanczos(HessianOperator(model_d, (x, y)), k=5, tol=1e-2, per_eigenvalue=True,
+                  generator=torch.Generator().manual_seed(args.seed))
     t_la = time.perf_counter() - t0
     rows.append(("top-5 eigenvalues, 1 %", "ddprobe lanczos", t_la, res.products, float("nan"), float("nan"),
                  f"max rel. err {agree(res.eigenvalues.numpy()):.2e}; all converged: {all(res.converged)}"))

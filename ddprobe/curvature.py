@@ -561,12 +561,15 @@ def lanczos(
     which: Literal["LA", "LM", "SA"] = "LA",
     generator: torch.Generator | None = None,
     min_iter: int | None = None,
+    per_eigenvalue: bool = False,
 ) -> EigenResult:
     """The ``k`` extreme eigenpairs by Lanczos with full reorthogonalization (largest algebraic by default).
 
     Stops when every wanted Ritz pair has residual ||Ax - θx|| = β_m |s_m| <= ``tol`` * max |θ| (then
     |θ - λ| <= residual, and <= residual² / gap when the gap to the rest of the spectrum is known), or after
-    ``max_iter`` products (default ``min(size, max(4k + 20, 80))``). A single start vector cannot separate exactly
+    ``max_iter`` products (default ``min(size, max(4k + 20, 80))``). ``per_eigenvalue=True`` asks instead for
+    residual <= ``tol`` * |θ_i| for each pair: each θ_i is then within ``tol`` * |θ_i| of an eigenvalue.
+    A single start vector cannot separate exactly
     repeated eigenvalues; Hessians of trained networks rarely have them.
     """
     n = op.size
@@ -581,19 +584,21 @@ def lanczos(
         theta, S = _tridiag_eigh(alphas, betas)
         idx = _select(theta, k, which)
         res = beta * np.abs(S[-1, idx])
-        return bool(np.all(res <= tol * max(np.max(np.abs(theta)), 1e-30)))
+        ref = np.abs(theta[idx]) if per_eigenvalue else max(np.max(np.abs(theta)), 1e-30)
+        return bool(np.all(res <= tol * ref))
 
     before = op.products
     Q, alphas, betas = _lanczos_run(op, start, max_iter, check)
     theta, S = _tridiag_eigh(alphas, betas)
     idx = _select(theta, min(k, len(theta)), which)
-    scale = max(float(np.max(np.abs(theta))), 1e-30)
+    scale = np.abs(theta[idx]) if per_eigenvalue else max(float(np.max(np.abs(theta))), 1e-30)
     res = betas[-1] * np.abs(S[-1, idx])
     vecs = torch.as_tensor(S[:, idx].T, dtype=op.dtype, device=op.device) @ Q
     vecs = vecs / vecs.norm(dim=1, keepdim=True)
     return EigenResult(
         torch.as_tensor(theta[idx], dtype=torch.float64), vecs, torch.as_tensor(res, dtype=torch.float64),
-        [bool(r <= tol * scale) for r in res], len(alphas), op.products - before,
+        [bool(r <= tol * sc) for r, sc in zip(res, np.broadcast_to(scale, res.shape), strict=True)], len(alphas),
+        op.products - before,
     )
 
 

@@ -85,3 +85,11 @@ def test_probe_minibatch_estimator(make_ctx, random_set):
     traces = res.tables["traces"]
     assert len(traces) == 4 and traces.products.max() <= 12
     assert res.info["real_examples"] == 1437
+
+
+def test_budget_must_leave_room_for_the_trace(make_ctx):
+    import pytest
+
+    probe = Hessian()
+    with pytest.raises(ValueError, match="raise budget"):
+        probe.run(make_ctx(models=SMALL), probe.Options(top_k=10, budget=16))

@@ -87,6 +87,10 @@ class Hessian:
 
         if options.stop == "pyhessian-0.1" and options.estimator != "hutchinson":
             raise ValueError("stop = 'pyhessian-0.1' needs estimator = 'hutchinson'")
+        eigen_budget = max(options.top_k + 2, options.budget // 2) if options.top_k else 0
+        if options.budget - eigen_budget < 8:
+            raise ValueError(f"budget {options.budget} leaves fewer than 8 products for the trace after {eigen_budget} "
+                             f"for top_k = {options.top_k}; raise budget")
         model_name = options.model or next(iter(ctx.models))
         recipe = options.recipe.apply(PAPER_RECIPE)
         real_train = ctx.real.train
@@ -127,7 +131,7 @@ class Hessian:
                 budget = options.budget
                 if options.top_k:
                     eig = lanczos(op, options.top_k, tol=options.eigen_tol, generator=gens[name],
-                                  max_iter=max(options.top_k + 2, budget // 2))
+                                  max_iter=eigen_budget)
                     budget -= eig.products
                     vecs[name] = eig.eigenvectors
                     for r in range(len(eig.eigenvalues)):
