@@ -28,10 +28,10 @@ SETTINGS: dict[str, dict[int, dict]] = {
     "dm": {1: dict(iterations=300), 10: dict(iterations=300)},
     "dc": {1: dict(iterations=50, init="real", batch_real=64),
            10: dict(iterations=10, init="real", batch_real=64, inner_loop=10)},
-    "mtt": {1: dict(iterations=100, num_experts=4, expert_train_epochs=10, lr_teacher=0.1, syn_steps=10,
-                    max_start_epoch=2, lr_img=2000.0, dsa=False),
-            10: dict(iterations=100, num_experts=4, expert_train_epochs=10, lr_teacher=0.1, syn_steps=10,
-                     max_start_epoch=2, lr_img=2000.0, dsa=False)},
+    "mtt": {1: dict(iterations=150, num_experts=4, expert_train_epochs=10, lr_teacher=0.1, syn_steps=10,
+                    max_start_epoch=2, lr_img=300.0, dsa=False),
+            10: dict(iterations=150, num_experts=4, expert_train_epochs=10, lr_teacher=0.1, syn_steps=10,
+                     max_start_epoch=2, lr_img=300.0, dsa=False)},
     "bptt": {1: dict(iterations=30, inner_steps=20, inner_lr=0.05, real_per_class=32, lr_img=1.0, init="real"),
              10: dict(iterations=30, inner_steps=20, inner_lr=0.05, real_per_class=32, lr_img=1.0, init="real")},
 }
@@ -75,7 +75,7 @@ def main() -> None:
         rnd = registry.get_distiller("random")
         accs = [accuracy(rnd.distill(real, ipc, rnd.Options(), ctx(s)), s) for s in range(args.seeds)]
         rows.append((ipc, "random", accs, None, None, ""))
-        print(f"ipc {ipc} random {statistics.mean(accs):.3f}", flush=True)
+        print(f"ipc {ipc} random {statistics.mean(accs):.3f} ± {statistics.pstdev(accs):.3f} {accs}", flush=True)
         for name in args.distillers:
             plugin = registry.get_distiller(name)
             opts = plugin.Options(model=dict(NET), **SETTINGS[name][ipc])
@@ -85,7 +85,7 @@ def main() -> None:
             accs = [accuracy(ds, s) for s in range(args.seeds)]
             shown = {k: v for k, v in SETTINGS[name][ipc].items()}
             rows.append((ipc, name, accs, wall, cpu, ", ".join(f"{k}={v}" for k, v in shown.items())))
-            print(f"ipc {ipc} {name} {statistics.mean(accs):.3f} wall {wall:.1f}s cpu {cpu:.1f}s", flush=True)
+            print(f"ipc {ipc} {name} {statistics.mean(accs):.3f} wall {wall:.1f}s cpu {cpu:.1f}s {accs}", flush=True)
 
     print()
     print("| ipc | set | test accuracy (mean ± std) | distill wall s | distill CPU s | settings |")
