@@ -108,7 +108,8 @@ class Agreement:
                 rows.append({"set": set_name, "model": model, "seed": s, "accuracy": acc,
                              "subset_agreement": sub_mean, "subset_matched": int(idx.numel()), "matched_by": how,
                              "early_agreement": early_mean, "early_step": step,
-                             "early_accuracy": float(mean_curve[step - 1]), "difference": early_mean - sub_mean,
+                             "early_accuracy": float(mean_curve[step - 1]),
+                             "early_gap": abs(float(mean_curve[step - 1]) - acc), "difference": early_mean - sub_mean,
                              "control": set_name in ctx.controls})
                 d = per_set.setdefault(set_name, {"subset": [], "early": [], "step": [], "acc": []})
                 d["subset"].append(sub_mean)
@@ -131,6 +132,11 @@ class Agreement:
         summary = "; ".join(
             f"{r['set']}/{r['model']}: early {r['early_agreement']:.2f} (step {r['early_step']}) vs subset "
             f"{r['subset_agreement']:.2f}" for r in declared[:4])
+        unmatched = sorted({r["set"] for r in rows if r["early_gap"] > options.band / 2})
+        if unmatched:
+            info["early_unmatched"] = unmatched
+            summary += (f". No early-stopped step comes within {options.band / 2:.3f} of the accuracy of "
+                        f"{', '.join(unmatched)}: raise early_steps")
         return ProbeResult(metrics, {"agreement": table, "values": values_table, "subset_pool": pd.DataFrame(pool_rows),
                                      "early_curve": pd.DataFrame(curve_rows)}, {"agreement": fig}, summary, info)
 
