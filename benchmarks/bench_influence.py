@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--retrains", type=int, default=6, help="leave-one-out retrainings timed per way")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["threaded", "core", "vmap"],
+                        help="leave out ways (threaded = the one-by-one rows with more than 1 thread)")
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
     args = parser.parse_args()
 
@@ -80,7 +82,7 @@ def main() -> None:
         from ddprobe.executor import process_map
 
         job = inf._Job(copy.deepcopy(init).cpu(), x.cpu(), y.cpu(), tx.cpu(), ty.cpu(), recipe)
-        chunks = [subsets[i::args.workers] for i in range(args.workers)]
+        chunks = [[(s, False) for s in subsets[i::args.workers]] for i in range(args.workers)]
         outs = process_map(inf._retrain_many, chunks, workers=args.workers, shared=job)
         order = [i for c in range(args.workers) for i in range(c, len(subsets), args.workers)]
         res = torch.cat([o[0] for o in outs])
@@ -91,13 +93,16 @@ def main() -> None:
         return inf._loo_vmapped(job, subsets, len(subsets), lambda k: None)[0]
 
     threads = torch.get_num_threads()
-    timed("core training.train, one by one", core_serial, 1, len(subsets))
+    if "core" not in args.skip:
+        timed("core training.train, one by one", core_serial, 1, len(subsets))
     timed("lean fit, one by one", lean_serial, 1, len(subsets))
-    if threads > 1:
-        timed(f"core training.train, one by one ({threads} threads)", core_serial, threads, len(subsets))
+    if threads > 1 and "threaded" not in args.skip:
+        if "core" not in args.skip:
+            timed(f"core training.train, one by one ({threads} threads)", core_serial, threads, len(subsets))
         timed(f"lean fit, one by one ({threads} threads)", lean_serial, threads, len(subsets))
     timed(f"lean fit, {args.workers} worker processes x 1 thread", processes, threads, len(subsets))
-    timed(f"vmap, {len(subsets)} models stacked", vmapped, threads, len(subsets))
+    if "vmap" not in args.skip:
+        timed(f"vmap, {len(subsets)} models stacked ({threads} threads)", vmapped, threads, len(subsets))
     torch.set_num_threads(threads)
     ref = outputs["lean fit, one by one"]
     for name, out in outputs.items():
