@@ -46,6 +46,7 @@ TINY_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "mlp": ("mlp", {"hidden": 16, "depth": 1}),
 }
 UNKNOWN_OPTION = "ddprobe_conformance_unknown_option"
+TIMING_METRICS = ("*seconds*",)  # wall-clock metrics: exempt from the determinism check
 
 
 class ConformanceError(AssertionError):
@@ -463,15 +464,19 @@ def _result_problems(result: Any) -> list[str]:
 def check_probe(probe: Any, *, real: RealData | None = None, options: dict[str, Any] | Any | None = None,
                 sets: dict[str, DistilledSet] | None = None,
                 models: Models | None = None,
-                directory: str | Path | None = None, atol: float = 1e-6) -> Any:
+                directory: str | Path | None = None, atol: float = 1e-6,
+                timings: tuple[str, ...] = TIMING_METRICS) -> Any:
     """Run a probe twice on a tiny study and check its result, determinism and manners. Returns its result.
 
     Rules: a ProbeResult with flat ``{str: float}`` metrics, DataFrame tables, existing figure files and a
     string summary; the same metrics for the same seed; models received from ``ctx.pretrained`` or
     ``ctx.trained`` left in the mode, ``requires_grad`` and ``.grad`` state they were handed out in, with
     unchanged weights; the distilled sets, the real data, torch's global RNG and grad mode untouched; clear
-    option errors.
+    option errors. Metrics matching a glob in ``timings`` (default: keys containing ``seconds``) are wall-clock
+    measurements and exempt from the determinism check.
     """
+    import fnmatch
+
     import torch
 
     what = _label("probe", probe)
@@ -511,6 +516,8 @@ def check_probe(probe: Any, *, real: RealData | None = None, options: dict[str, 
         problems.append(f"two runs with the same seed gave different metric keys: {sorted(set(a) ^ set(b))}")
     else:
         for key in a:
+            if any(fnmatch.fnmatchcase(key, g) for g in timings):
+                continue
             x, y = float(a[key]), float(b[key])
             if not (math.isclose(x, y, abs_tol=atol) or (math.isnan(x) and math.isnan(y))):
                 problems.append(f"metric {key!r} differs between two runs with the same seed: {x} vs {y}")

@@ -19,27 +19,46 @@ from ddprobe.testing import (
     tiny_distilled,
 )
 
-# Built-ins are discovered through the registry, so distillers and probes added later are checked too. Those
-# without small ``conformance_options`` (a class attribute) or a cheap preset here run only with ``-m slow``.
-CHEAP_PROBES = {"evaluate": {"seeds": 1}, "recognition": {}, "pixels": {}}
-CHEAP_DISTILLERS = {"random": {}}
+# Built-ins are discovered through the registry, so distillers and probes added later are checked too. An
+# object's own ``conformance_options`` (a class attribute) wins; otherwise a cheap preset here; otherwise it runs
+# only with ``-m slow``, with a small preset from SLOW when there is one (defaults may take hours).
+CHEAP = {
+    "probe": {"evaluate": {"seeds": 1}, "recognition": {}, "pixels": {}},
+    "distiller": {
+        "random": {}, "dm": {"iterations": 2}, "dc": {"iterations": 2}, "bptt": {"iterations": 2, "inner_steps": 5},
+        "mtt": {"iterations": 2, "num_experts": 1, "expert_train_epochs": 1, "expert_epochs": 1,
+                "max_start_epoch": 1, "syn_steps": 2},
+    },
+}
+SLOW = {
+    "distiller": {},
+    "probe": {
+        "hessian": {"recipe": {"steps": 4}, "checkpoints": 2, "real_subsample": 50, "budget": 10},
+        "influence": {"inits": 1, "k": 2, "backends": ["explicit"], "recipe": {"steps": 5}, "test_images": 20,
+                      "gallery_classes": 1, "tracin_checkpoints": 2},
+    },
+}
 
 
-def _params(kind: str, cheap: dict[str, dict]) -> list:
+def _params(kind: str) -> list:
     out = []
     for name, obj in sorted(registry.get_all(kind).items()):
-        preset = cheap.get(name, getattr(obj, "conformance_options", None))
+        preset = getattr(obj, "conformance_options", None)
+        if preset is None:
+            preset = CHEAP[kind].get(name)
         marks = [] if preset is not None else [pytest.mark.slow]
+        if preset is None:
+            preset = SLOW[kind].get(name)
         out.append(pytest.param(name, preset, id=name, marks=marks))
     return out
 
 
-@pytest.mark.parametrize(("name", "options"), _params("distiller", CHEAP_DISTILLERS))
+@pytest.mark.parametrize(("name", "options"), _params("distiller"))
 def test_builtin_distiller_conforms(name, options, ddprobe_real, tmp_path):
     check_distiller(registry.get_distiller(name), real=ddprobe_real, ipc=2, options=options, directory=tmp_path)
 
 
-@pytest.mark.parametrize(("name", "options"), _params("probe", CHEAP_PROBES))
+@pytest.mark.parametrize(("name", "options"), _params("probe"))
 def test_builtin_probe_conforms(name, options, ddprobe_real, tmp_path):
     check_probe(registry.get_probe(name), real=ddprobe_real, options=options, directory=tmp_path)
 
