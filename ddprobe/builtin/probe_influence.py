@@ -20,6 +20,9 @@ DEFAULT_BACKENDS = ["explicit", "cg", "lissa", "arnoldi", "tracin"]
 class Influence:
     name = "influence"
     description = "exact leave-one-out influence of distilled images on real test images, audited approximations"
+    # a cheap preset for ddprobe.testing's conformance suite (seconds, every backend exercised)
+    conformance_options = {"inits": 2, "k": 2, "recipe": {"steps": 5}, "test_images": 20, "gallery_classes": 1,
+                           "tracin_checkpoints": 2, "backend_options": {"lissa": {"depth": 20}}}
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
