@@ -105,6 +105,8 @@ def test_ggn_is_jt_hz_j():
     ref = j2.T @ hz.reshape(n * c, n * c) @ j2
     got = dense_matrix(HessianOperator(model, (x, y), kind="ggn"))
     torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-11)
+    batched = dense_matrix(HessianOperator(model, (x, y), kind="ggn", batched=True, batch_size=5))
+    torch.testing.assert_close(batched, ref, rtol=1e-9, atol=1e-11)
     assert torch.linalg.eigvalsh(got).min() > -1e-10  # PSD
 
 
