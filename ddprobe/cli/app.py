@@ -48,9 +48,10 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 def _register() -> None:
     from ..plugins import load_plugins
-    from . import compare, inspect, plan, run  # noqa: F401  (modules add their commands to ``app``)
+    from . import inspect, run  # noqa: F401  (modules add their commands to ``app``)
 
     pm = load_plugins()
+    from . import compare, plan  # noqa: F401  (listed after run and distill in --help)
     pm.hook.register_commands(app=app)
 
 

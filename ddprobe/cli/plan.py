@@ -16,8 +16,12 @@ def plan_command(
     no_measure: bool = typer.Option(False, "--no-measure", help="Skip timing training steps (no estimate)"),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON"),
 ) -> None:
-    """List the distilled sets, models and probes a study would compute, which are cached, and how long the
-    rest should take on this machine (from training steps timed now). Trains and writes nothing."""
+    """Dry run: what a study would compute, what is cached, and an estimate of the time it takes here.
+
+    Lists distilled sets (controls included) and probes as cached or to compute, the models and other work that
+    plugins describe through plan(), and an estimate from training steps timed on this machine. Trains nothing
+    and writes nothing.
+    """
     from ..errors import DDProbeError, SpecError
     from ..plan import describe, human_seconds, plan_study
     from ..spec import load_spec
