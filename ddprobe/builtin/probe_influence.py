@@ -260,7 +260,7 @@ class Influence:
         axes[0][0].set_title("distilled", fontsize=6)
         fig.suptitle(f"{set_name}, class {ds.classes[c]}: most helped real test images (loss increase when removed)",
                      fontsize=7)
-        return save(fig, ctx.figure_path(f"influence-{set_name}-{ds.classes[c]}"))
+        return save(fig, ctx.figure_path(f"gallery-{set_name}-{ds.classes[c]}"))
 
     def _reverse(self, ctx, options, model, set_name, ds):
         """Real training images whose loss gradient (real-trained model, head) is most aligned with each distilled
