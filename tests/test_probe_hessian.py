@@ -24,6 +24,8 @@ def test_ema_matches_paper():
     import pytest
 
     assert ema([0.0, 10.0, 10.0]) == pytest.approx([0.0, 1.0, 1.9])
+    # checkpoints 2 steps apart smooth like the per-step EMA of a curve held between them
+    assert ema([0.0, 10.0], steps=[0, 2]) == pytest.approx([0.0, 1.9])
 
 
 def test_probe_end_to_end(make_ctx, random_set):

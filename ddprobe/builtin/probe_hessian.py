@@ -13,11 +13,16 @@ from ..training import RecipeOverride, TrainRecipe
 PAPER_RECIPE = TrainRecipe(optimizer="sgd", lr=0.01, momentum=0.9, steps=300, batch_size=256)
 
 
-def ema(values: list[float], decay: float = 0.9) -> list[float]:
-    """The paper's smoothing: s_0 = x_0, s_t = decay * s_{t-1} + (1 - decay) * x_t."""
+def ema(values: list[float], decay: float = 0.9, steps: list[int] | None = None) -> list[float]:
+    """The paper's smoothing: s_0 = x_0, s_t = decay * s_{t-1} + (1 - decay) * x_t, per training step.
+
+    With ``steps`` (checkpoints k steps apart) the decay over a gap of k steps is ``decay ** k``: the per-step EMA of
+    a curve held constant between checkpoints, so curves sampled every k steps smooth like the paper's per-step ones.
+    """
     out: list[float] = []
-    for x in values:
-        out.append(x if not out else decay * out[-1] + (1 - decay) * x)
+    for i, x in enumerate(values):
+        d = decay ** ((steps[i] - steps[i - 1]) if steps and i else 1)
+        out.append(x if not out else d * out[-1] + (1 - d) * x)
     return out
 
 
@@ -174,9 +179,9 @@ class Hessian:
         curves = {}
         for name in datasets:
             sub = table[table.set == name].sort_values("step")
-            smooth = ema(sub.trace.tolist())
+            smooth = ema(sub.trace.tolist(), 0.9, sub.step.tolist())
             table.loc[sub.index, "ema"] = smooth
-            curves[name] = (sub.step.tolist(), sub.trace.tolist(), smooth)
+            curves[name] = (sub.step.tolist(), sub.trace.tolist(), smooth, sub.stderr.tolist())
             peak = max(range(len(smooth)), key=lambda i: smooth[i])
             metrics[f"{name}/trace_final"] = float(sub.trace.iloc[-1])
             metrics[f"{name}/trace_peak"] = float(smooth[peak])
@@ -218,11 +223,14 @@ class Hessian:
 
         pyplot = plt()
         fig, axes = pyplot.subplots(1, 2, figsize=(11, 4), sharey=False)
-        for i, (name, (x, raw, smooth)) in enumerate(curves.items()):
+        for i, (name, (x, raw, smooth, se)) in enumerate(curves.items()):
             style = {"color": color(i), "lw": 2 if name == "real" else 1.3, "label": name}
             axes[0].plot(x, raw, **style)
+            lo = [r - e if e == e and e != float("inf") else r for r, e in zip(raw, se, strict=True)]
+            hi = [r + e if e == e and e != float("inf") else r for r, e in zip(raw, se, strict=True)]
+            axes[0].fill_between(x, lo, hi, color=color(i), alpha=0.15, lw=0)
             axes[1].plot(x, smooth, **style)
-        axes[0].set_title("Hessian trace (raw)")
+        axes[0].set_title("Hessian trace (raw, ± 1 standard error)")
         axes[1].set_title("EMA-smoothed (s_t = 0.9 s_{t-1} + 0.1 x_t)")
         for ax in axes:
             ax.set_xlabel("Iteration")
