@@ -70,3 +70,16 @@ def process_map(fn: Callable[[Any, Any], Any], items: Iterable[Any], *, workers:
             if on_result is not None:
                 on_result(i, results[i])
     return results
+
+
+def _call_shared_fn(fn: Callable[[Any], Any], item: Any) -> Any:
+    return fn(item)
+
+
+def map_calls(fn: Callable[[Any], Any], items: Iterable[Any], *, workers: int,
+              on_result: Callable[[int, Any], None] | None = None, threads: int = 1) -> list[Any]:
+    """``[fn(item) for item in items]`` over worker processes: the shape ``StudyContext.map`` needs.
+
+    ``fn`` (a module-level function or a ``functools.partial`` of one) is sent once per worker.
+    """
+    return process_map(_call_shared_fn, items, workers=workers, shared=fn, threads=threads, on_result=on_result)

@@ -322,3 +322,19 @@ def test_a_custom_backend_as_documented(convex):
         assert inf.correlations(r.scores, loo.influence)["spearman"] > 0.3
     finally:
         del inf.BACKENDS["grad-dot-test"]
+
+
+def _square(x):
+    return x * x
+
+
+def test_executor_maps_in_order_in_processes_and_inline():
+    import functools
+
+    from ddprobe.executor import map_calls, process_map
+
+    seen = []
+    assert map_calls(_square, range(6), workers=2, on_result=lambda i, r: seen.append(i)) == [0, 1, 4, 9, 16, 25]
+    assert sorted(seen) == list(range(6))
+    assert map_calls(functools.partial(pow, 2), [1, 3], workers=1) == [2, 8]
+    assert process_map(inf._retrain_many, [], workers=2) == []
