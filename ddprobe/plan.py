@@ -7,6 +7,9 @@ its plugin says so through the optional extension ``plan``:
 - distiller: ``plan(ctx, ipc, options) -> list[PlanItem]``
 - probe: ``plan(ctx, options) -> list[PlanItem]``
 
+An item with a ``key`` (say, the cache key of the model it trains) is counted once however many sets or probes
+list it.
+
 where ``ctx`` is a :class:`PlanContext`. Time estimates come from training steps of each model timed on this
 machine: a training step costs what was measured at its batch size (scaled linearly above 256 examples), a
 forward pass over N examples a third of a training step on N examples, a Hessian-vector product two training
@@ -40,6 +43,8 @@ class PlanItem:
     count: int = 1
     cached: bool = False
     seconds: float | None = None  # a plugin's own estimate for all ``count``; otherwise filled from throughput
+    key: str | None = None  # what it makes (e.g. a cache key): items with the same key are done once
+    shared: bool = False  # set by the planner: an earlier item has the same key, so this one costs nothing
 
 
 @dataclass
@@ -57,11 +62,11 @@ class PlanContext:
     sets: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"ipc", "images", "cached"}
 
     def train_item(self, model: str, examples: int, recipe: TrainRecipe | None = None, what: str = "",
-                   count: int = 1, cached: bool = False) -> PlanItem:
+                   count: int = 1, cached: bool = False, key: str | None = None) -> PlanItem:
         """Training ``count`` models of ``model`` on ``examples`` examples with ``recipe`` (default: [train])."""
         recipe = recipe or self.recipe
         return PlanItem(what or f"train {model} on {examples} examples", "train", model,
-                        recipe.total_steps(examples), recipe.batch(examples), count, cached)
+                        recipe.total_steps(examples), recipe.batch(examples), count, cached, key=key)
 
     def forward_item(self, model: str, examples: int, what: str = "", count: int = 1,
                      cached: bool = False) -> PlanItem:
@@ -274,13 +279,18 @@ def plan_study(spec: Spec, measure: bool = True) -> Plan:
 
     throughput = Throughput(spec.models, real.input_shape, real.num_classes, device, measure)
     total, unknown = 0.0, []
+    seen: set[str] = set()
     for entry in entries:
         if entry.status != "to compute" or entry.seconds is not None:
             continue
-        known = [throughput.estimate(i) for i in entry.items if not i.cached]
+        for item in entry.items:
+            if item.key is not None and not item.cached:
+                item.shared = item.key in seen
+                seen.add(item.key)
+        known = [0.0 if i.shared else throughput.estimate(i) for i in entry.items if not i.cached]
         for item in entry.items:
             if not item.cached:
-                item.seconds = throughput.estimate(item)
+                item.seconds = 0.0 if item.shared else throughput.estimate(item)
         if entry.planned and all(s is not None for s in known):
             entry.seconds = float(sum(known))  # type: ignore[arg-type]
             total += entry.seconds
@@ -310,7 +320,7 @@ def describe(item: PlanItem) -> str:
         text = item.what
     if item.count != 1:
         text += f" (x{item.count})"
-    return text + (" [cached]" if item.cached else "")
+    return text + (" [cached]" if item.cached else " [shared: made above]" if item.shared else "")
 
 
 __all__ = ["PlanItem", "PlanContext", "Plan", "Entry", "plan_study", "human_seconds", "describe"]

@@ -57,7 +57,7 @@ class FirstImages:
         return DistilledSet(sub.images.clone(), sub.labels.clone(), real.classes, manifest=Manifest())
 
     def plan(self, ctx, ipc, options):
-        return [ctx.train_item("m", len(ctx.real.train), what="a model it would train", count=2)]
+        return [ctx.train_item("m", len(ctx.real.train), what="a model it would train", count=2, key="first:m")]
 
 
 class UsesPretrained:
@@ -127,6 +127,8 @@ def test_plan_lists_cached_items_as_cached(ddprobe_register, tmp_path):
     probe = by_name(plan)["uses-pretrained"]
     assert probe.status == "to compute"
     assert [i.cached for i in probe.items] == [True, False]
+    result = CliRunner().invoke(app, ["plan", str(write(tmp_path, tag=1)), "--no-measure"])
+    assert "[cached]" in result.output  # the real-trained model, shown in the probe's work
 
 
 def test_plan_command(ddprobe_register, tmp_path):
@@ -152,3 +154,13 @@ def test_invalid_spec_exits_2(tmp_path):
     (tmp_path / "bad.toml").write_text("[study]\nnmae = 1\n")
     result = CliRunner().invoke(app, ["plan", str(tmp_path / "bad.toml")])
     assert result.exit_code == 2
+
+
+def test_items_with_the_same_key_are_counted_once(ddprobe_register, tmp_path):
+    ddprobe_register(Plugin())
+    text = write(tmp_path).read_text().replace("[[probe]]", '[distilled.t]\ndistiller = "first"\nipc = 3\n\n[[probe]]')
+    (tmp_path / "study.toml").write_text(text)
+    entries = by_name(plan_study(load_spec(tmp_path / "study.toml")))
+    first, second = entries["s"].items[0], entries["t"].items[0]
+    assert not first.shared and second.shared and second.seconds == 0.0
+    assert entries["s"].seconds > 0 and entries["t"].seconds == 0.0

@@ -34,6 +34,7 @@ def plan_command(
         typer.echo(json.dumps(plan.to_dict(), indent=2, default=str))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(highlight=False)
@@ -48,7 +49,7 @@ def plan_command(
             if e.items and e.note:
                 work += f"\n{e.note}"
             estimate = "" if e.status != "to compute" else human_seconds(e.seconds)
-            table.add_row(e.name, e.kind, f"[{style.get(e.status, '')}]{e.status}[/]", work, estimate)
+            table.add_row(e.name, e.kind, f"[{style.get(e.status, '')}]{e.status}[/]", escape(work), estimate)
         console.print(table)
     for model, steps in plan.throughput.items():
         shown = ", ".join(f"{float(s) * 1000:.1f} ms at batch {b}" for b, s in steps.items())

@@ -118,9 +118,10 @@ class _Coreset:
         key = ctx.cache.key(FEATURE_CACHE, _feature_parts(options, ctx, model))
         cached = ctx.cache.has(FEATURE_CACHE, key)
         n = len(ctx.real.train)
-        return [ctx.train_item(model, n, _recipe(options), f"{self.name}: feature model {model} on real data",
-                               cached=cached),
-                ctx.forward_item(model, n, f"{self.name}: features of {n} real images", cached=cached)]
+        # The key is the feature model's cache key: herding and kcenter share the model, so it is counted once.
+        return [ctx.train_item(model, n, _recipe(options), f"feature model {model} on real data", cached=cached,
+                               key=key),
+                ctx.forward_item(model, n, f"features of {n} real images")]
     # -- end plan --
 
 
