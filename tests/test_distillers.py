@@ -259,7 +259,7 @@ def test_mtt_loss_is_zero_when_the_student_replays_the_expert():
         theta = theta - lr * g
     syn_lr = torch.tensor(lr, dtype=torch.float64, requires_grad=True)
     loss = trajectory_loss(fm, start, theta, x.clone().requires_grad_(True), y, syn_lr, batches)
-    assert float(loss) < 1e-20
+    assert float(loss.detach()) < 1e-20
     off = trajectory_loss(fm, start, theta, x, y, torch.tensor(2 * lr, dtype=torch.float64), batches)
     assert float(off) > 1e-4
 
