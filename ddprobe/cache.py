@@ -32,17 +32,23 @@ class Cache:
     """Artifacts addressed by a hash of everything that determines them.
 
     ``read=False`` recomputes everything (``--no-cache``) but still writes, so the next run can reuse it.
-    ``hits`` and ``misses`` count lookups per artifact kind.
+    ``hits`` and ``misses`` count lookups per artifact kind. Every key is salted with a fingerprint of
+    ddprobe's own code, so a result is never served after the code that computed it changed.
     """
 
-    def __init__(self, root: str | Path | None = None, read: bool = True, write: bool = True):
+    def __init__(self, root: str | Path | None = None, read: bool = True, write: bool = True,
+                 salt: str | None = None):
+        from .fingerprint import core_fingerprint
+
         self.root = Path(root) if root is not None else default_cache_dir()
         self.read, self.write = read, write
+        self.salt = core_fingerprint() if salt is None else salt
         self.hits: Counter[str] = Counter()
         self.misses: Counter[str] = Counter()
 
     def key(self, kind: str, parts: Any) -> str:
-        return hashlib.sha256(canonical_json({"kind": kind, "parts": parts}).encode()).hexdigest()[:32]
+        blob = canonical_json({"kind": kind, "parts": parts, "code": self.salt})
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key

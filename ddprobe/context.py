@@ -96,12 +96,17 @@ class _Base:
         recipe = recipe or self.recipe
         if data_id is None:
             data_id = data.manifest.sha256 if isinstance(data, DistilledSet) else content_hash(data.images, data.labels)
-        parts = {"model": self.models[model].key(), "data": data_id, "recipe": recipe.key(), "seed": self.seed,
-                 "seed_name": seed_name, "learned_lr": learned_lr, "real": self.data_key}
+        parts = self.model_cache_parts(model, data_id, recipe, seed_name, learned_lr)
         return self.cache.model(
             "models", parts, lambda: self.build_model(model, seed_name),
             lambda net: self.train(net, data, recipe, seed_name=seed_name, learned_lr=learned_lr),
         )
+
+    def model_cache_parts(self, model: str, data_id: Any, recipe: TrainRecipe, seed_name: str,
+                          learned_lr: float | None = None) -> dict[str, Any]:
+        """What determines a trained model: architecture, data, recipe, seeds and real data (the cache adds code)."""
+        return {"model": self.models[model].key(), "data": data_id, "recipe": recipe.key(), "seed": self.seed,
+                "seed_name": seed_name, "learned_lr": learned_lr, "real": self.data_key}
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any], description: str = "") -> list[Any]:
         """Apply ``fn`` to each item (a pure function of its inputs), with progress; results in order."""

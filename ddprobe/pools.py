@@ -27,8 +27,7 @@ if TYPE_CHECKING:
 def model_parts(ctx: Any, model: str, data_id: Any, recipe: TrainRecipe, seed_name: str,
                 learned_lr: float | None) -> dict:
     """The cache parts :meth:`StudyContext.trained` uses, so both paths find each other's models."""
-    return {"model": ctx.models[model].key(), "data": data_id, "recipe": recipe.key(), "seed": ctx.seed,
-            "seed_name": seed_name, "learned_lr": learned_lr, "real": ctx.data_key}
+    return ctx.model_cache_parts(model, data_id, recipe, seed_name, learned_lr)
 
 
 def trained_models(ctx: Any, model: str, jobs: Sequence[TrainJob], recipe: TrainRecipe, data_ids: Sequence[Any],

@@ -65,6 +65,16 @@ def _distill_ctx(spec: Spec, real: RealData, cache: Cache, device: str, dkey: di
                           spec.study.workers, name=name, checkpoint_dir=ckpt)
 
 
+def distilled_cache_parts(spec: Spec, dspec: DistilledSpec, dkey: dict) -> dict[str, Any]:
+    """Everything that determines a distilled set: distiller, its code, options, ipc, seed, real data, models."""
+    from .fingerprint import code_fingerprint
+
+    return {"distiller": dspec.distiller, "code": code_fingerprint(dspec.plugin),
+            "options": dspec.options.model_dump(mode="json"), "ipc": dspec.ipc, "seed": spec.study.seed,
+            "real": dkey,
+            "models": {k: v.key() for k, v in spec.models.items()} if dspec.distiller != "random" else None}
+
+
 def build_distilled(spec: Spec, dspec: DistilledSpec, real: RealData, cache: Cache, device: str, dkey: dict,
                     progress: Progress) -> tuple[DistilledSet, bool]:
     """Import or distill one set (distilled sets are cached by content of what makes them). Returns (set, cached)."""
@@ -84,10 +94,7 @@ def build_distilled(spec: Spec, dspec: DistilledSpec, real: RealData, cache: Cac
         ds.manifest.source_dataset = ds.manifest.source_dataset or real.name
         check_compatible(ds, real, where=f"{dspec.name!r} ({dspec.path})")
         return ds, False
-    parts = {"distiller": dspec.distiller, "options": dspec.options.model_dump(mode="json"), "ipc": dspec.ipc,
-             "seed": spec.study.seed, "real": dkey,
-             "models": {k: v.key() for k, v in spec.models.items()} if dspec.distiller != "random" else None}
-    key = cache.key("distilled", parts)
+    key = cache.key("distilled", distilled_cache_parts(spec, dspec, dkey))
     found = cache.directory("distilled", key)
     if found is not None:
         cache.hits["distilled"] += 1
@@ -122,11 +129,13 @@ def _control_specs(spec: Spec, sets: dict[str, DistilledSet]) -> list[DistilledS
 
 def _probe_cache_key(ctx: StudyContext, spec: Spec, probe: ProbeSpec) -> str:
     from . import registry
+    from .fingerprint import code_fingerprint
 
     owner = registry.owner_of("probe", probe.kind)
     versions = {p["name"]: p.get("version") for p in get_plugins(include_builtin=True)}
     parts = {
-        "kind": probe.kind, "options": probe.options.model_dump(mode="json"), "seed": spec.study.seed,
+        "kind": probe.kind, "code": code_fingerprint(probe.plugin), "options": probe.options.model_dump(mode="json"),
+        "seed": spec.study.seed,
         "sets": {n: ds.manifest.sha256 for n, ds in ctx.distilled.items()},
         "models": {k: v.key() for k, v in ctx.models.items()}, "train": spec.train.key(),
         "pretrain": spec.pretrain.key(), "real": ctx.data_key, "ddprobe": __version__,

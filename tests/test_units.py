@@ -164,6 +164,7 @@ def test_cache_get_or_compute(tmp_path):
 
 def test_spec_reference_documents_every_key():
     from conftest import REPO
+
     from ddprobe.spec import ReportSection, StudySection
 
     text = (REPO / "docs" / "spec.md").read_text()
@@ -188,3 +189,16 @@ def test_imagefolder_reads_a_users_images(tmp_path):
     pixels = real.to_pixels(real.test.images)
     cat = pixels[real.test.labels == 0]
     assert torch.allclose(cat[:, 0], torch.ones_like(cat[:, 0]), atol=1e-5)  # red channel of the red class
+
+
+def test_cache_keys_change_with_the_code(tmp_path):
+    from ddprobe.fingerprint import code_fingerprint, core_fingerprint
+
+    assert Cache(tmp_path).key("k", {"a": 1}) == Cache(tmp_path).key("k", {"a": 1})
+    assert Cache(tmp_path, salt="other code").key("k", {"a": 1}) != Cache(tmp_path).key("k", {"a": 1})
+    assert Cache(tmp_path).salt == core_fingerprint()
+    # a plugin's fingerprint covers its own package, not ddprobe's
+    assert code_fingerprint(registry.get_probe("pixels")) == core_fingerprint()
+    from pydantic import BaseModel
+
+    assert code_fingerprint(BaseModel) not in (core_fingerprint(), "unknown")
