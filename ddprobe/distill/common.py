@@ -134,11 +134,12 @@ class FlatModel:
 
 # -- checkpoints -------------------------------------------------------------------------------------------------
 def run_key(distiller: str, options: Any, ipc: int, ctx: DistillContext, model: ModelSpec | None) -> str:
-    """A hash of what determines a distillation (the things the study's cache key holds, plus the network)."""
+    """A hash of what determines a distillation: what the study's cache key holds (including the cache's code
+    salt, so a checkpoint is never resumed by different code), plus the resolved network."""
     opts = options.model_dump(mode="json") if hasattr(options, "model_dump") else dict(options)
     opts.pop("checkpoint_every", None)
     parts = {"distiller": distiller, "options": opts, "ipc": ipc, "seed": ctx.seed, "real": ctx.data_key,
-             "model": model.key() if model is not None else None}
+             "model": model.key() if model is not None else None, "code": getattr(ctx.cache, "salt", None)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
