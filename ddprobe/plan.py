@@ -1,8 +1,8 @@
 """A dry run of a study: what it would compute, what is already cached, and how long the rest should take.
 
-Distilled sets and probe results are looked up in the cache under the same keys the study uses
-(``ddprobe.study.build_distilled`` and ``_probe_cache_key``). The work inside a set or a probe is known only when
-its plugin says so through the optional extension ``plan``:
+Distilled sets, probe results and trained models are looked up in the cache under the same keys the study uses
+(``ddprobe.study.distilled_cache_parts``, ``_probe_cache_key`` and ``StudyContext.model_cache_parts``). The
+work inside a set or a probe is known only when its plugin says so through the optional extension ``plan``:
 
 - distiller: ``plan(ctx, ipc, options) -> list[PlanItem]``
 - probe: ``plan(ctx, options) -> list[PlanItem]``
@@ -82,8 +82,9 @@ class PlanContext:
     def trained_cached(self, model: str, data_id: Any, recipe: TrainRecipe, seed_name: str,
                        learned_lr: float | None = None) -> bool:
         """Whether ``StudyContext.trained`` would find this model in the cache (same key parts)."""
-        parts = {"model": self.models[model].key(), "data": data_id, "recipe": recipe.key(), "seed": self.seed,
-                 "seed_name": seed_name, "learned_lr": learned_lr, "real": self.data_key}
+        from .context import StudyContext
+
+        parts = StudyContext.model_cache_parts(self, model, data_id, recipe, seed_name, learned_lr)  # type: ignore[arg-type]
         return self.cache.has("models", self.cache.key("models", parts))
 
     def pretrained_item(self, model: str, seed_name: str = "pretrained") -> PlanItem:
@@ -199,7 +200,7 @@ def plan_study(spec: Spec, measure: bool = True) -> Plan:
     from .plugins import load_plugins
     from .progress import Progress
     from .spec import DistilledSpec
-    from .study import _probe_cache_key, build_distilled, data_key, load_real, make_cache
+    from .study import _probe_cache_key, build_distilled, data_key, distilled_cache_parts, load_real, make_cache
 
     load_plugins()
     device = resolve_device(spec.study.device)
@@ -231,9 +232,7 @@ def plan_study(spec: Spec, measure: bool = True) -> Plan:
                 complete = False
                 entries.append(Entry("distilled", dspec.name, "import", "error", note=f"{type(exc).__name__}: {exc}"))
             return
-        parts = {"distiller": dspec.distiller, "options": dspec.options.model_dump(mode="json"), "ipc": dspec.ipc,
-                 "seed": spec.study.seed, "real": dkey,
-                 "models": {k: v.key() for k, v in spec.models.items()} if dspec.distiller != "random" else None}
+        parts = distilled_cache_parts(spec, dspec, dkey)
         cached = cache.directory("distilled", cache.key("distilled", parts)) is not None
         if cached or dspec.distiller == "random":  # the control distiller is instant: make it to know its hash
             sets[dspec.name], _ = build_distilled(spec, dspec, real, cache, device, dkey, quiet)
