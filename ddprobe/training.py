@@ -149,6 +149,7 @@ def train(
             state = TrainState(step, steps, model, float(loss.detach()))
             for cb in callbacks:
                 cb(state)
+    opt.zero_grad(set_to_none=True)  # a trained model looks the same whether it was trained now or cached
     model.eval()
     return model
 

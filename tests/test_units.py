@@ -101,6 +101,7 @@ def test_training_callbacks_determinism_and_progress(digits):
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
     assert not a.training
+    assert all(p.grad is None for p in a.parameters())
 
 
 def test_soft_labels_equal_hard_labels_when_one_hot(digits):
