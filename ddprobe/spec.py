@@ -278,6 +278,7 @@ def parse_spec(raw: dict[str, Any], path: Path | None = None, raw_bytes: bytes |
         valid = [*DISTILLED_KEYS, *plugin.Options.model_fields]
         opts = _validate_plugin_options(plugin.Options, table, where, valid, problems)
         if opts is not None:
+            _check_references(opts, where, models, {}, problems)
             distilled[name] = DistilledSpec(name, ipc, dname, plugin, opts)
 
     # [[probe]]

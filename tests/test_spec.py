@@ -61,6 +61,8 @@ def test_good_spec_loads(tmp_path):
         ("[distilled.a]\ndistiller = 'rnd'\nipc = 1", ["distilled.a.distiller: unknown distiller 'rnd'",
                                                     "'random'"]),
         ("[distilled.a]\ndistiller = 'random'", ["distilled.a.ipc: required key is missing"]),
+        ("[distilled.a]\ndistiller = 'dm'\nipc = 1\nmodel = 'convnett'",
+         ["distilled.a.model: no model 'convnett' in [models]", "'convnet'"]),
         ("[distilled.a]\ndistiller = 'random'\nipc = 0", ["distilled.a.ipc: must be a positive integer"]),
         ("[[probe]]\nkind = 'recognitoin'", ["probe[0].kind: unknown probe 'recognitoin'", "'recognition'"]),
         ("[[probe]]\nkind = 'recognition'\nmodel = ['x']", ["probe[0].model: unknown key 'model'", "'models'"]),
