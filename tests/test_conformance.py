@@ -24,16 +24,11 @@ from ddprobe.testing import (
 # only with ``-m slow``, with a small preset from SLOW when there is one (defaults may take hours).
 CHEAP = {
     "probe": {"evaluate": {"seeds": 1}, "recognition": {}, "pixels": {}},
-    "distiller": {
-        "random": {}, "dm": {"iterations": 2}, "dc": {"iterations": 2}, "bptt": {"iterations": 2, "inner_steps": 5},
-        "mtt": {"iterations": 2, "num_experts": 1, "expert_train_epochs": 1, "expert_epochs": 1,
-                "max_start_epoch": 1, "syn_steps": 2},
-    },
+    "distiller": {"random": {}},
 }
 SLOW = {
     "distiller": {},
     "probe": {
-        "hessian": {"recipe": {"steps": 4}, "checkpoints": 2, "real_subsample": 50, "budget": 10},
         "influence": {"inits": 1, "k": 2, "backends": ["explicit"], "recipe": {"steps": 5}, "test_images": 20,
                       "gallery_classes": 1, "tracin_checkpoints": 2},
     },

@@ -64,6 +64,7 @@ class _Distiller:
 
 class GradientMatching(_Distiller):
     name = "dc"
+    conformance_options = {"iterations": 2}  # ddprobe.testing runs the conformance suite quickly
     description = "gradient matching (DC, Zhao et al. 2021); dsa = true gives DSA (Zhao & Bilen 2021)"
     module = "ddprobe.distill.dc"
 
@@ -88,6 +89,7 @@ class GradientMatching(_Distiller):
 
 class DistributionMatching(_Distiller):
     name = "dm"
+    conformance_options = {"iterations": 2}
     description = "distribution matching (DM, Zhao & Bilen 2023): mean embeddings of frozen random networks"
     module = "ddprobe.distill.dm"
 
@@ -102,6 +104,8 @@ class DistributionMatching(_Distiller):
 
 class TrajectoryMatching(_Distiller):
     name = "mtt"
+    conformance_options = {"iterations": 2, "num_experts": 1, "expert_train_epochs": 1, "expert_epochs": 1,
+                           "max_start_epoch": 1, "syn_steps": 2}
     description = "trajectory matching (MTT, Cazenavette et al. 2022) with cached experts and a learned lr"
     module = "ddprobe.distill.mtt"
 
@@ -126,6 +130,7 @@ class TrajectoryMatching(_Distiller):
 
 class UnrolledBPTT(_Distiller):
     name = "bptt"
+    conformance_options = {"iterations": 2, "inner_steps": 5}
     description = "backpropagation through an unrolled momentum-SGD inner loop (RTP's BPTT, reverse-mode replay)"
     module = "ddprobe.distill.bptt"
 

@@ -28,6 +28,7 @@ def ema(values: list[float], decay: float = 0.9, steps: list[int] | None = None)
 
 class Hessian:
     name = "hessian"
+    conformance_options = {"recipe": {"steps": 4}, "checkpoints": 2, "real_subsample": 50, "budget": 10}
     description = "Hessian trace (and top eigenvalues) of the loss on real and distilled data along real training"
 
     class Options(BaseModel):
