@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,14 +110,22 @@ class _Base:
                 "seed_name": seed_name, "learned_lr": learned_lr, "real": self.data_key}
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any], description: str = "") -> list[Any]:
-        """Apply ``fn`` to each item (a pure function of its inputs), with progress; results in order."""
+        """Apply ``fn`` to each item (a pure function of its inputs), with progress; results in item order.
+
+        With ``[study] workers > 1`` on the CPU the items run in that many worker processes (one torch thread
+        each); ``fn`` must then be importable by name (a module-level function or a ``functools.partial`` of one).
+        """
         items = list(items)
-        out = []
         with self.progress.task(description or getattr(fn, "__name__", "tasks"), total=len(items)) as task:
+            if self.workers > 1 and self.device == "cpu" and len(items) > 1:
+                from .executor import map_calls
+
+                return map_calls(fn, items, workers=self.workers, on_result=lambda i, r: task.advance())
+            out = []
             for item in items:
                 out.append(fn(item))
                 task.advance()
-        return out
+            return out
 
 
 @dataclass
@@ -125,7 +134,7 @@ class StudyContext(_Base):
 
     distilled: dict[str, DistilledSet] = field(default_factory=dict)
     pretrain_recipe: TrainRecipe = field(default_factory=lambda: TrainRecipe(epochs=20, batch_size=256, steps=None))
-    output_dir: Path = field(default_factory=lambda: Path("."))
+    output_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ddprobe-out-")))
     probe_id: str = ""
     controls: set[str] = field(default_factory=set)
 

@@ -1,16 +1,15 @@
 """A process-pool map for bags of independent CPU trainings.
 
 ``process_map(fn, items, workers=2, shared=payload)`` calls ``fn(shared, item)`` for every item in ``workers``
-spawned processes and returns the results in item order. ``shared`` (data, an initial model) is pickled once per
+worker processes and returns the results in item order. ``shared`` (data, an initial model) is pickled once per
 worker, not once per item. Each worker runs torch with ``threads`` intra-op threads (default 1): for small models
 two single-threaded processes beat one process with two threads on a 2-core CPU (docs/benchmarks.md, Influence).
 
 ``fn`` must be importable by name (a module-level function), and every item must be picklable. With
 ``workers <= 1`` everything runs in the calling process, in order, with no pickling.
 
-Wiring into the core (a suggestion for ``StudyContext.map``): when ``ctx.workers > 1`` and the device is CPU,
-``ctx.map(fn, items)`` could call ``process_map(lambda-free fn, items, workers=ctx.workers)``; the influence probe
-uses ``process_map`` directly.
+``StudyContext.map`` uses :func:`map_calls` when ``[study] workers > 1`` and the device is the CPU; the influence
+probe uses :func:`process_map` directly, to send its data once per worker.
 """
 
 from __future__ import annotations

@@ -203,3 +203,20 @@ def test_cache_keys_change_with_the_code(tmp_path):
     from pydantic import BaseModel
 
     assert code_fingerprint(BaseModel) not in (core_fingerprint(), "unknown")
+
+
+def _square_and_pid(x: int) -> tuple[int, int]:
+    import os
+
+    return x * x, os.getpid()
+
+
+def test_ctx_map_runs_in_worker_processes_with_identical_results(make_ctx):
+    import os
+
+    ctx = make_ctx()
+    local = ctx.map(_square_and_pid, range(5))
+    assert [v for v, _ in local] == [0, 1, 4, 9, 16] and {p for _, p in local} == {os.getpid()}
+    ctx.workers = 2
+    pooled = ctx.map(_square_and_pid, range(5))
+    assert [v for v, _ in pooled] == [0, 1, 4, 9, 16] and os.getpid() not in {p for _, p in pooled}
