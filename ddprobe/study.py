@@ -292,7 +292,7 @@ def run_study(spec: Spec | str | Path, output_dir: str | Path | None = None, onl
 
             raise SpecError([f"--only {u}: no probe with that id; {suggest(u, ids)}" for u in unknown],
                             file=str(spec.path) if spec.path else None)
-    bar = Progress(enabled=progress, console=console)
+    bar = Progress(enabled=progress and console is not None and console.is_terminal, console=console)
     started = time.perf_counter()
     study = prepare(spec, out, no_cache=no_cache, console=console, progress=bar)
     pm.hook.study_started(study=study)

@@ -220,3 +220,14 @@ def test_ctx_map_runs_in_worker_processes_with_identical_results(make_ctx):
     ctx.workers = 2
     pooled = ctx.map(_square_and_pid, range(5))
     assert [v for v, _ in pooled] == [0, 1, 4, 9, 16] and os.getpid() not in {p for _, p in pooled}
+
+
+def test_metric_matrices_pivot_the_last_key_part():
+    from ddprobe.report.tables import metric_matrices
+
+    metrics = {"dm/mlp/k0": 0.8, "dm/mlp/k2": 0.7, "rnd/mlp/k0": 0.6, "rnd/mlp/k2": 0.75,
+               "dm/convnet": 0.9, "rnd/convnet": 0.5, "products": 12.0}
+    matrices, rest = metric_matrices(metrics)
+    assert [(m.rows, m.cols) for m in matrices] == [(["dm/mlp", "rnd/mlp"], ["k0", "k2"]), (["dm", "rnd"], ["convnet"])]
+    assert matrices[0].cells[("rnd/mlp", "k2")] == 0.75
+    assert rest == {"products": 12.0}

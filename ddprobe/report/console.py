@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..results import StudyResults
-from .tables import metric_matrix
+from .tables import metric_matrices
 
 
 def _fmt(v: Any) -> str:
@@ -28,17 +28,16 @@ def print_report(results: StudyResults, console: Any) -> None:
         if p.status != "ok":
             console.print(f"{head}  [red]error:[/red] {p.error}")
             continue
-        rows, cols, cells, rest = metric_matrix(p.result.metrics)
-        if rows:
-            table = Table(title=head, title_justify="left")
-            table.add_column("set")
-            for c in cols:
+        matrices, rest = metric_matrices(p.result.metrics)
+        console.print(head)
+        for m in matrices:
+            table = Table()
+            table.add_column("set" if "/" not in m.rows[0] else "set/model")
+            for c in m.cols:
                 table.add_column(c, justify="right")
-            for r in rows:
-                table.add_row(r, *(_fmt(cells.get((r, c))) for c in cols))
+            for r in m.rows:
+                table.add_row(r, *(_fmt(m.cells.get((r, c))) for c in m.cols))
             console.print(table)
-        else:
-            console.print(head)
         if rest:
             extra = Table(show_header=True)
             extra.add_column("metric")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..results import StudyResults
 from .json_report import to_dict
-from .tables import metric_matrix
+from .tables import metric_matrices
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
@@ -44,12 +44,12 @@ def render(results: StudyResults) -> str:
             parts.append(f"<pre class='error'>{e(p['error'] or '')}</pre>")
             continue
         parts.append(f"<p>{e(p['summary'])}</p>")
-        rows, cols, cells, rest = metric_matrix(p["metrics"])
-        if rows:
-            parts.append("<table><tr><th>set</th>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>")
-            for r in rows:
-                parts.append(f"<tr><td>{e(r)}</td>" + "".join(f"<td>{_fmt(cells.get((r, c)))}</td>" for c in cols)
-                             + "</tr>")
+        matrices, rest = metric_matrices(p["metrics"])
+        for m in matrices:
+            parts.append("<table><tr><th></th>" + "".join(f"<th>{e(c)}</th>" for c in m.cols) + "</tr>")
+            for r in m.rows:
+                parts.append(f"<tr><td>{e(r)}</td>" + "".join(f"<td>{_fmt(m.cells.get((r, c)))}</td>"
+                                                           for c in m.cols) + "</tr>")
             parts.append("</table>")
         if rest:
             parts.append("<table><tr><th>metric</th><th>value</th></tr>" + "".join(

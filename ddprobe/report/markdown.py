@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..results import StudyResults
 from .json_report import to_dict
-from .tables import metric_matrix
+from .tables import metric_matrices
 
 
 def render(results: StudyResults) -> str:
@@ -28,11 +28,11 @@ def render(results: StudyResults) -> str:
             continue
         if p["summary"]:
             lines += [p["summary"], ""]
-        rows, cols, cells, rest = metric_matrix(p["metrics"])
-        if rows:
-            lines += ["| set | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-            for r in rows:
-                lines.append(f"| {r} | " + " | ".join(_fmt(cells.get((r, c))) for c in cols) + " |")
+        matrices, rest = metric_matrices(p["metrics"])
+        for m in matrices:
+            lines += ["| | " + " | ".join(m.cols) + " |", "|---|" + "---|" * len(m.cols)]
+            for r in m.rows:
+                lines.append(f"| {r} | " + " | ".join(_fmt(m.cells.get((r, c))) for c in m.cols) + " |")
             lines.append("")
         if rest:
             lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in rest.items()] + [""]
