@@ -368,31 +368,33 @@ def _check_references(opts: BaseModel, where: str, models: dict, distilled: dict
 def json_schema() -> dict[str, Any]:
     """A JSON Schema for study specs, with each registered plugin's options (for editor validation)."""
 
+    defs: dict[str, Any] = {}  # pydantic's "#/$defs/..." references resolve against the document root
+
+    def hoist(schema: dict[str, Any]) -> dict[str, Any]:
+        defs.update(schema.pop("$defs", {}))
+        return schema
+
     def plugin_variants(kind: str, key: str, reserved: dict[str, Any]) -> list[dict[str, Any]]:
         out = []
         for name, plugin in sorted(registry.get_all(kind).items()):
-            schema = plugin.Options.model_json_schema()
+            schema = hoist(plugin.Options.model_json_schema())
             props = {key: {"const": name, "description": plugin.description}, **reserved,
                      **schema.get("properties", {})}
-            variant = {"type": "object", "properties": props, "required": [key],
-                       "additionalProperties": False}
-            if "$defs" in schema:
-                variant["$defs"] = schema["$defs"]
-            out.append(variant)
+            out.append({"type": "object", "properties": props, "required": [key], "additionalProperties": False})
         return out
 
     expect = {"type": "object", "additionalProperties": {"type": ["string", "number"]},
               "description": "metric (or glob) -> \">= 0.8\""}
-    return {
+    schema = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "ddprobe study spec",
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "study": StudySection.model_json_schema(),
+            "study": hoist(StudySection.model_json_schema()),
             "data": {"anyOf": plugin_variants("dataset", "dataset", {})},
-            "train": TrainRecipe.model_json_schema(),
-            "pretrain": TrainRecipe.model_json_schema(),
+            "train": hoist(TrainRecipe.model_json_schema()),
+            "pretrain": hoist(TrainRecipe.model_json_schema()),
             "models": {"type": "object", "additionalProperties": {"anyOf": plugin_variants("model", "arch", {})}},
             "distilled": {"type": "object", "additionalProperties": {"anyOf": [
                 *plugin_variants("distiller", "distiller", {"ipc": {"type": "integer", "minimum": 1},
@@ -403,6 +405,8 @@ def json_schema() -> dict[str, Any]:
             ]}},
             "probe": {"type": "array", "items": {"anyOf": plugin_variants(
                 "probe", "kind", {"id": {"type": "string"}, "expect": expect})}},
-            "report": ReportSection.model_json_schema(),
+            "report": hoist(ReportSection.model_json_schema()),
         },
     }
+    schema["$defs"] = defs
+    return schema

@@ -127,5 +127,12 @@ def test_schema_validates_the_shipped_default_spec():
 
     from ddprobe.spec import json_schema, read_toml
 
-    raw, _ = read_toml(REPO / "specs" / "study.toml")
-    jsonschema.validate(raw, json_schema())
+    schema = json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    for name in ("study.toml", "ci-gate.toml", "paper-cifar10.toml"):
+        raw, _ = read_toml(REPO / "specs" / name)
+        jsonschema.validate(raw, schema)
+    bad, _ = read_toml(REPO / "specs" / "study.toml")
+    bad["probe"][0]["recipe"] = {"stepz": 3}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
