@@ -117,6 +117,24 @@ def subset_indices(ctx: Any, member: int, low: float, high: float) -> tuple[floa
     return frac, torch.cat(picks).sort().values
 
 
+def _cached_members(ctx: Any, pool: str, model: str, recipe: TrainRecipe, count: int,
+                    extra: dict) -> tuple[dict[int, dict], list[int]]:
+    """Pool members 0..count-1 already in the cache, and the indices still to train."""
+    cache = ctx.cache
+    found: dict[int, dict] = {}
+    missing = []
+    for m in range(count):
+        got = cache.load_tensors("pool-members", cache.key("pool-members",
+                                                           _member_parts(ctx, pool, model, recipe, m, extra)))
+        if got is not None:
+            cache.hits["pool-members"] += 1
+            found[m] = got
+        else:
+            cache.misses["pool-members"] += 1
+            missing.append(m)
+    return found, missing
+
+
 def _member_parts(ctx: Any, pool: str, model: str, recipe: TrainRecipe, member: int, extra: dict) -> dict:
     return {"pool": pool, "model": ctx.models[model].key(), "recipe": recipe.key(), "seed": ctx.seed,
             "member": member, "real": ctx.data_key, **extra}
@@ -138,17 +156,7 @@ def subset_pool(ctx: Any, model: str, count: int, fraction: tuple[float, float],
     cache, test = ctx.cache, ctx.real.test
     low, high = fraction
     extra = {"fraction": [low, high]}
-    found: dict[int, dict] = {}
-    missing = []
-    for m in range(count):
-        got = cache.load_tensors("pool-members", cache.key("pool-members",
-                                                           _member_parts(ctx, "subset", model, recipe, m, extra)))
-        if got is not None:
-            cache.hits["pool-members"] += 1
-            found[m] = got
-        else:
-            cache.misses["pool-members"] += 1
-            missing.append(m)
+    found, missing = _cached_members(ctx, "subset", model, recipe, count, extra)
     if missing:
         jobs, fracs = [], {}
         for m in missing:
@@ -184,17 +192,7 @@ def early_pool(ctx: Any, model: str, runs: int, recipe: TrainRecipe, *, mode: Mo
     import torch
 
     cache, test = ctx.cache, ctx.real.test
-    found: dict[int, dict] = {}
-    missing = []
-    for m in range(runs):
-        got = cache.load_tensors("pool-members", cache.key("pool-members",
-                                                           _member_parts(ctx, "early", model, recipe, m, {})))
-        if got is not None:
-            cache.hits["pool-members"] += 1
-            found[m] = got
-        else:
-            cache.misses["pool-members"] += 1
-            missing.append(m)
+    found, missing = _cached_members(ctx, "early", model, recipe, runs, {})
     if missing:
         steps = recipe.total_steps(len(ctx.real.train))
         preds = {m: torch.zeros(steps, len(test), dtype=_pred_dtype(test.num_classes)) for m in missing}

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .common import ClassSampler, FlatModel, Matching, initial_images
+from .common import ClassSampler, FlatModel, Matching
 
 
 def sample_batches(num_classes: int, ipc: int, per_class: int, steps: int, gen: torch.Generator,
@@ -91,9 +91,7 @@ class BPTTRun(Matching):
     def __init__(self, real, ipc, options, ctx, model):
         super().__init__(real, ipc, options, ctx, model)
         self.sampler = ClassSampler(real, self.device)
-        init = initial_images(real, ipc, options.init, self.rng("init", 0), noise="xavier")
-        self.images = init.to(self.device).requires_grad_(True)
-        self.optimizers = {"images": torch.optim.SGD([self.images], lr=options.lr_img, momentum=options.momentum_img)}
+        self.learnable_images(noise="xavier")
         self.per_class = min(options.batch_per_class or ipc, ipc)
 
     def loss_and_grad(self, it: Any) -> tuple[float, torch.Tensor]:

@@ -204,6 +204,13 @@ class Matching:
         self.checkpoints = Checkpointer(ctx, run_key(self.name, options, ipc, ctx, model),
                                         getattr(options, "checkpoint_every", 0))
 
+    def learnable_images(self, noise: str = "gaussian") -> None:
+        """Initialize ``self.images`` (real images or noise, per ``options.init``) and their SGD optimizer."""
+        init = initial_images(self.real, self.ipc, self.options.init, self.rng("init", 0), noise=noise)
+        self.images = init.to(self.device).requires_grad_(True)
+        self.optimizers["images"] = torch.optim.SGD([self.images], lr=self.options.lr_img,
+                                                    momentum=self.options.momentum_img)
+
     # hooks
     def iteration(self, it: int) -> float:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import dsa as dsa_mod
-from .common import ClassSampler, Matching, initial_images
+from .common import ClassSampler, Matching
 
 # (outer loop, inner loop) by images per class: the reference's get_loops
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -58,9 +58,7 @@ class DCRun(Matching):
     def __init__(self, real, ipc, options, ctx, model):
         super().__init__(real, ipc, options, ctx, model)
         self.sampler = ClassSampler(real, self.device)
-        init = initial_images(real, ipc, options.init, self.rng("init", 0), noise="gaussian")
-        self.images = init.to(self.device).requires_grad_(True)
-        self.optimizers = {"images": torch.optim.SGD([self.images], lr=options.lr_img, momentum=options.momentum_img)}
+        self.learnable_images(noise="gaussian")
         outer, inner = loops_for(ipc)
         self.outer = options.outer_loop or outer
         self.inner = options.inner_loop or inner

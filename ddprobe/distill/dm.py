@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .. import dsa as dsa_mod
-from .common import ClassSampler, Matching, initial_images
+from .common import ClassSampler, Matching
 
 
 class DMRun(Matching):
@@ -21,9 +21,7 @@ class DMRun(Matching):
     def __init__(self, real, ipc, options, ctx, model):
         super().__init__(real, ipc, options, ctx, model)
         self.sampler = ClassSampler(real, self.device)
-        init = initial_images(real, ipc, options.init, self.rng("init", 0), noise="gaussian")
-        self.images = init.to(self.device).requires_grad_(True)
-        self.optimizers = {"images": torch.optim.SGD([self.images], lr=options.lr_img, momentum=options.momentum_img)}
+        self.learnable_images(noise="gaussian")
 
     def embedder(self, it: Any) -> torch.nn.Module:
         net = self.net(it)

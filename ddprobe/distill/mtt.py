@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import dsa as dsa_mod
-from .common import FlatModel, Matching, initial_images
+from .common import FlatModel, Matching
 
 
 def trajectory_loss(fmodel: FlatModel, start: torch.Tensor, target: torch.Tensor, images: torch.Tensor,
@@ -94,13 +94,9 @@ class MTTRun(Matching):
 
     def __init__(self, real, ipc, options, ctx, model):
         super().__init__(real, ipc, options, ctx, model)
-        init = initial_images(real, ipc, options.init, self.rng("init", 0), noise="gaussian")
-        self.images = init.to(self.device).requires_grad_(True)
+        self.learnable_images(noise="gaussian")
         self.syn_lr = torch.tensor(float(options.lr_teacher), device=self.device).requires_grad_(True)
-        self.optimizers = {
-            "images": torch.optim.SGD([self.images], lr=options.lr_img, momentum=options.momentum_img),
-            "lr": torch.optim.SGD([self.syn_lr], lr=options.lr_lr, momentum=options.momentum_img),
-        }
+        self.optimizers["lr"] = torch.optim.SGD([self.syn_lr], lr=options.lr_lr, momentum=options.momentum_img)
         self._experts: OrderedDict[int, torch.Tensor] = OrderedDict()
         self.fmodel = FlatModel(self.net("student"))
         last = options.expert_train_epochs - options.expert_epochs
