@@ -37,6 +37,13 @@ class ModelSpec:
         return {"arch": self.arch, "options": self.options.model_dump(mode="json")}
 
 
+def model_cache_parts(models: dict[str, ModelSpec], seed: int, data_key: dict[str, Any], model: str, data_id: Any,
+                      recipe: TrainRecipe, seed_name: str, learned_lr: float | None = None) -> dict[str, Any]:
+    """The cache key parts of a trained model (``StudyContext.trained``; ``ddprobe plan`` looks them up)."""
+    return {"model": models[model].key(), "data": data_id, "recipe": recipe.key(), "seed": seed,
+            "seed_name": seed_name, "learned_lr": learned_lr, "real": data_key}
+
+
 def resolve_device(device: str) -> str:
     import torch
 
@@ -106,8 +113,7 @@ class _Base:
     def model_cache_parts(self, model: str, data_id: Any, recipe: TrainRecipe, seed_name: str,
                           learned_lr: float | None = None) -> dict[str, Any]:
         """What determines a trained model: architecture, data, recipe, seeds and real data (the cache adds code)."""
-        return {"model": self.models[model].key(), "data": data_id, "recipe": recipe.key(), "seed": self.seed,
-                "seed_name": seed_name, "learned_lr": learned_lr, "real": self.data_key}
+        return model_cache_parts(self.models, self.seed, self.data_key, model, data_id, recipe, seed_name, learned_lr)
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any], description: str = "") -> list[Any]:
         """Apply ``fn`` to each item (a pure function of its inputs), with progress; results in item order.

@@ -82,10 +82,22 @@ class PlanContext:
     def trained_cached(self, model: str, data_id: Any, recipe: TrainRecipe, seed_name: str,
                        learned_lr: float | None = None) -> bool:
         """Whether ``StudyContext.trained`` would find this model in the cache (same key parts)."""
-        from .context import StudyContext
+        from .context import model_cache_parts
 
-        parts = StudyContext.model_cache_parts(self, model, data_id, recipe, seed_name, learned_lr)  # type: ignore[arg-type]
+        parts = model_cache_parts(self.models, self.seed, self.data_key, model, data_id, recipe, seed_name, learned_lr)
         return self.cache.has("models", self.cache.key("models", parts))
+
+    def select_sets(self, names: list[str] | None) -> dict[str, dict[str, Any]]:
+        """The probe's ``sets`` option resolved, as ``StudyContext.select_sets`` does."""
+        return {n: self.sets[n] for n in names} if names else dict(self.sets)
+
+    def select_models(self, names: list[str] | None) -> list[str]:
+        return list(names) if names else list(self.models)
+
+    def set_size(self, name: str) -> int:
+        """Images in a distilled set: known once it is made or cached, else ipc x classes."""
+        info = self.sets.get(name, {})
+        return int(info.get("images") or (info.get("ipc") or 1) * self.real.num_classes)
 
     def pretrained_item(self, model: str, seed_name: str = "pretrained") -> PlanItem:
         """Training the real-data model ``ctx.pretrained(model)`` returns, marked cached when it is."""
@@ -255,8 +267,11 @@ def plan_study(spec: Spec, measure: bool = True) -> Plan:
             if f"random_ipc{k}" not in spec.distilled:
                 add_set(DistilledSpec(f"random_ipc{k}", k, "random", random, random.Options()))
     pctx.sets = {e.name: {"status": e.status} for e in entries}
+    for name, dspec in spec.distilled.items():
+        if name in pctx.sets and dspec.ipc:
+            pctx.sets[name]["ipc"] = dspec.ipc
     for name, ds in sets.items():
-        pctx.sets[name].update(ipc=ds.manifest.ipc, images=len(ds))
+        pctx.sets[name].update(ipc=ds.manifest.ipc, images=len(ds), sha256=ds.manifest.sha256)
 
     ctx = None
     if complete:

@@ -142,12 +142,36 @@ def test_plan_command(ddprobe_register, tmp_path):
     assert data["study"] == "plan" and data["seconds"] > 0
 
 
+NO_PLAN = """
+from pydantic import BaseModel
+from ddprobe import ProbeResult, hookimpl
+
+
+class NoPlan:
+    name = "noplan"
+    description = "a probe without the optional plan() method"
+
+    class Options(BaseModel):
+        pass
+
+    def run(self, ctx, options):
+        return ProbeResult()
+
+
+@hookimpl
+def register_probes(register):
+    register(NoPlan())
+"""
+
+
 def test_probe_without_plan_is_listed_with_unknown_cost(tmp_path):
-    (tmp_path / "s.toml").write_text('[study]\ndevice = "cpu"\ncache_dir = "c"\n[data]\ntrain_per_class = 5\n'
-                                     '[distilled.r]\ndistiller = "random"\nipc = 1\n[[probe]]\nkind = "pixels"\n')
+    (tmp_path / "noplan.py").write_text(NO_PLAN)
+    (tmp_path / "s.toml").write_text('[study]\ndevice = "cpu"\ncache_dir = "c"\nplugins = ["noplan.py"]\n'
+                                     '[data]\ntrain_per_class = 5\n'
+                                     '[distilled.r]\ndistiller = "random"\nipc = 1\n[[probe]]\nkind = "noplan"\n')
     plan = plan_study(load_spec(tmp_path / "s.toml"), measure=False)
-    probe = by_name(plan)["pixels"]
-    assert probe.status == "to compute" and "no plan()" in probe.note and plan.unknown == ["pixels"]
+    probe = by_name(plan)["noplan"]
+    assert probe.status == "to compute" and "no plan()" in probe.note and plan.unknown == ["noplan"]
 
 
 def test_invalid_spec_exits_2(tmp_path):
@@ -164,3 +188,19 @@ def test_items_with_the_same_key_are_counted_once(ddprobe_register, tmp_path):
     first, second = entries["s"].items[0], entries["t"].items[0]
     assert not first.shared and second.shared and second.seconds == 0.0
     assert entries["s"].seconds > 0 and entries["t"].seconds == 0.0
+
+
+def test_every_builtin_in_the_default_study_plans_its_work():
+    from conftest import REPO
+
+    plan = plan_study(load_spec(REPO / "specs" / "study.toml"))
+    kinds = {e.kind for e in plan.entries}
+    assert {"dm", "dc", "mtt", "bptt", "evaluate", "recognition", "pixels", "mixing", "sensitivity", "agreement",
+            "recognition_curve", "embedding", "hessian", "influence"} <= kinds
+    for entry in plan.entries:
+        if entry.status == "to compute" and entry.note != "instant":
+            assert entry.planned and entry.items, entry.name
+    assert plan.unknown == []
+    assert 5 < plan.seconds < 3600  # minutes, not hours: the default study is a quick one
+    influence = next(e for e in plan.entries if e.kind == "influence")
+    assert influence.items[0].count == 2 * (10 + 2)  # 2 inits x (10 leave-one-out + full + noise floor)

@@ -48,6 +48,11 @@ class CommonOptions(BaseModel):
         return _check_model(value)
 
 
+def _plan_net(ctx, options) -> str | None:
+    """The [models] name of the distillation network, for ``ddprobe plan``'s timings (None for inline tables)."""
+    return options.model if isinstance(options.model, str) and options.model in ctx.models else None
+
+
 class _Distiller:
     """Shared ``distill``: resolve the network, run the algorithm module, return the set."""
 
@@ -67,6 +72,19 @@ class GradientMatching(_Distiller):
     conformance_options = {"iterations": 2}  # ddprobe.testing runs the conformance suite quickly
     description = "gradient matching (DC, Zhao et al. 2021); dsa = true gives DSA (Zhao & Bilen 2021)"
     module = "ddprobe.distill.dc"
+
+    def plan(self, ctx, ipc: int, options):
+        """Per iteration: per class a gradient on real and on synthetic images, then inner training steps."""
+        from ..distill.dc import loops_for
+        from ..plan import PlanItem
+
+        outer, inner = loops_for(ipc)
+        outer, inner = options.outer_loop or outer, options.inner_loop or inner
+        net, classes = _plan_net(ctx, options), ctx.real.num_classes
+        return [PlanItem(f"{options.iterations} iterations x {outer} rounds x {classes} classes: gradient matching",
+                         "train", net, options.iterations * outer * classes * 2, options.batch_real + ipc),
+                PlanItem(f"{options.iterations} x {outer - 1} x {inner} inner network steps", "train", net,
+                         options.iterations * max(0, outer - 1) * inner, classes * ipc)]
 
     class Options(CommonOptions):
         iterations: int = Field(1000, ge=0, description="outer iterations, each with a fresh random network")
@@ -93,6 +111,14 @@ class DistributionMatching(_Distiller):
     description = "distribution matching (DM, Zhao & Bilen 2023): mean embeddings of frozen random networks"
     module = "ddprobe.distill.dm"
 
+    def plan(self, ctx, ipc: int, options):
+        """Per iteration: per class one embedding pass over real and synthetic images, and its backward."""
+        from ..plan import PlanItem
+
+        classes = ctx.real.num_classes
+        return [PlanItem(f"{options.iterations} iterations x {classes} classes: mean-embedding matching", "train",
+                         _plan_net(ctx, options), options.iterations * classes, options.batch_real + ipc)]
+
     class Options(CommonOptions):
         iterations: int = Field(20000, ge=0, description="iterations, each with a fresh random frozen network")
         lr_img: float = Field(1.0, gt=0, description="SGD learning rate of the images")
@@ -108,6 +134,21 @@ class TrajectoryMatching(_Distiller):
                            "max_start_epoch": 1, "syn_steps": 2}
     description = "trajectory matching (MTT, Cazenavette et al. 2022) with cached experts and a learned lr"
     module = "ddprobe.distill.mtt"
+
+    def plan(self, ctx, ipc: int, options):
+        """Expert trajectories (cached and shared across sets), then unrolled student steps and their backward."""
+        import math
+
+        from ..plan import PlanItem
+
+        net, n = _plan_net(ctx, options), len(ctx.real.train)
+        expert_steps = options.expert_train_epochs * math.ceil(n / options.expert_batch)
+        batch = options.batch_syn or ctx.real.num_classes * ipc
+        return [PlanItem(f"{options.num_experts} experts x {options.expert_train_epochs} epochs (cached once made)",
+                         "train", net, expert_steps, options.expert_batch, options.num_experts,
+                         key=f"mtt-experts:{net}:{options.num_experts}:{options.expert_train_epochs}"),
+                PlanItem(f"{options.iterations} iterations x {options.syn_steps} student steps, unrolled and "
+                         "backpropagated", "train", net, options.iterations * options.syn_steps * 2, batch)]
 
     class Options(CommonOptions):
         iterations: int = Field(5000, ge=0, description="distillation iterations")
@@ -133,6 +174,17 @@ class UnrolledBPTT(_Distiller):
     conformance_options = {"iterations": 2, "inner_steps": 5}
     description = "backpropagation through an unrolled momentum-SGD inner loop (RTP's BPTT, reverse-mode replay)"
     module = "ddprobe.distill.bptt"
+
+    def plan(self, ctx, ipc: int, options):
+        """Per iteration: an unrolled inner loop, the outer loss on real images, and the reverse-mode replay."""
+        from ..plan import PlanItem
+
+        net, classes = _plan_net(ctx, options), ctx.real.num_classes
+        batch = classes * (options.batch_per_class or ipc)
+        return [PlanItem(f"{options.iterations} iterations x {options.inner_steps} inner steps (forward unroll and "
+                         "replay)", "train", net, options.iterations * options.inner_steps * 3, batch),
+                PlanItem(f"{options.iterations} outer losses on real images", "train", net, options.iterations,
+                         classes * options.real_per_class)]
 
     class Options(CommonOptions):
         iterations: int = Field(500_000, ge=0, description="outer iterations (reference schedule upper bound)")

@@ -42,6 +42,34 @@ class Agreement:
             "auto", description="train pool models stacked (vmap), one by one, or whichever is faster here")
         chunk: int = Field(32, ge=1, description="models per stacked batch")
 
+    def plan(self, ctx, options: Options):
+        """The subset-trained and early-stopped pools (cached, shared by studies), then distilled-trained models."""
+        import math
+
+        from ..plan import PlanItem
+
+        real = options.real_recipe.apply(ctx.pretrain_recipe)
+        n_train, n_test = len(ctx.real.train), len(ctx.real.test)
+        low, high = options.subset_fraction
+        subset_n = max(1, round((low + high) / 2 * n_train))
+        subset = real.model_copy(update={"epochs": options.subset_epochs, "steps": None,
+                                         "batch_size": options.batch_size})
+        early_steps = options.early_steps or math.ceil(n_train / min(options.batch_size, n_train))
+        early = real.model_copy(update={"epochs": None, "steps": early_steps, "batch_size": options.batch_size})
+        recipe = options.recipe.apply(ctx.recipe)
+        items: list[PlanItem] = []
+        for model in ctx.select_models(options.models):
+            items.append(ctx.train_item(model, subset_n, subset, f"{options.subset_models} subset-trained {model}s",
+                                        options.subset_models, key=f"pool:subset:{model}:{options.subset_models}"))
+            items.append(ctx.train_item(model, n_train, early, f"{options.early_runs} early-stopped {model} runs",
+                                        options.early_runs, key=f"pool:early:{model}:{options.early_runs}"))
+            items.append(ctx.forward_item(model, n_test, "test predictions after every early-stopped step",
+                                          options.early_runs * early_steps))
+            for set_name in ctx.select_sets(options.sets):
+                items.append(ctx.train_item(model, ctx.set_size(set_name), recipe, f"{model} on {set_name}",
+                                            options.seeds))
+        return items
+
     def run(self, ctx, options: Options) -> ProbeResult:
         import math
 

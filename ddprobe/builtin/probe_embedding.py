@@ -55,6 +55,16 @@ class Embedding:
         k: int = Field(5, ge=1, description="neighbours for the kNN label-agreement metric")
         max_real: int | None = Field(None, ge=1, description="embed at most this many real test images (default all)")
 
+    def plan(self, ctx, options: Options):
+        from ..plan import PlanItem
+
+        model = options.model or next(iter(ctx.models))
+        item = ctx.pretrained_item(model)
+        item.key = f"pretrained:{model}"
+        fit = 60.0 if options.projection == "umap" else 0.5  # umap's first call compiles numba code
+        return [item, ctx.forward_item(model, len(ctx.real.test), "features of the real test set"),
+                PlanItem(f"{options.projection} projection", "other", seconds=fit)]
+
     def run(self, ctx, options: Options) -> ProbeResult:
         import numpy as np
         import pandas as pd

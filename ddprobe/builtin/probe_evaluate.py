@@ -20,6 +20,22 @@ class Evaluate:
         seeds: int = Field(3, ge=1, description="trainings per set and model (different init and order)")
         recipe: RecipeOverride = Field(RecipeOverride(), description="changes to the study's [train] recipe")
 
+    def plan(self, ctx, options: Options):
+        """Trainings of every architecture on every set (``ddprobe plan``); cached ones are marked."""
+        recipe = options.recipe.apply(ctx.recipe)
+        if recipe.lr == "learned":
+            recipe = recipe.model_copy(update={"lr": 0.01})  # the length of training is what the plan needs
+        items = []
+        for set_name, info in ctx.select_sets(options.sets).items():
+            for model in ctx.select_models(options.models):
+                sha = info.get("sha256")
+                cached = sha is not None and all(
+                    ctx.trained_cached(model, sha, recipe, f"evaluate:{set_name}:{model}:{s}")
+                    for s in range(options.seeds))
+                items.append(ctx.train_item(model, ctx.set_size(set_name), recipe, f"{model} on {set_name}",
+                                            options.seeds, cached, key=f"evaluate:{set_name}:{model}:{recipe.key()}"))
+        return items
+
     def run(self, ctx, options: Options) -> ProbeResult:
         import numpy as np
         import pandas as pd

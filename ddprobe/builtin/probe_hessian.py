@@ -84,6 +84,24 @@ class Hessian:
                 raise ValueError("checkpoint steps must be >= 0")
             return v
 
+    def plan(self, ctx, options: Options):
+        """One real-data run, then at each checkpoint a budget of Hessian-vector products on real data and sets."""
+        model = options.model or next(iter(ctx.models))
+        recipe = options.recipe.apply(PAPER_RECIPE)
+        total = recipe.total_steps(len(ctx.real.train))
+        if isinstance(options.checkpoints, int):
+            checkpoints = len(set(range(0, total + 1, options.checkpoints)) | {total})
+        else:
+            checkpoints = len({s for s in options.checkpoints if s <= total})
+        real_n = min(options.real_subsample or len(ctx.real.train), len(ctx.real.train))
+        items = [ctx.train_item(model, len(ctx.real.train), recipe, f"real-data {model} run of {total} steps"),
+                 ctx.hvp_item(model, real_n, options.budget, f"<= {options.budget} products on {real_n} real images",
+                              checkpoints)]
+        for set_name in ctx.select_sets(options.sets):
+            items.append(ctx.hvp_item(model, ctx.set_size(set_name), options.budget,
+                                      f"<= {options.budget} products on {set_name}", checkpoints))
+        return items
+
     def run(self, ctx, options: Options) -> ProbeResult:
         import time
 

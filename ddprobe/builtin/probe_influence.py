@@ -59,6 +59,20 @@ class Influence:
                 raise ValueError(f"backend_options for backends not listed in backends: {sorted(extra)}")
             return self
 
+    def plan(self, ctx, options: Options):
+        """Per set and initialization: the full run, one retraining without each image, and a noise-floor run."""
+        from ..plan import PlanItem
+
+        model = options.model or next(iter(ctx.models))
+        recipe = options.recipe.apply(ctx.recipe)
+        items = []
+        for set_name in ctx.select_sets(options.sets):
+            n = ctx.set_size(set_name)
+            items.append(ctx.train_item(model, n, recipe, f"{options.inits} x ({n} leave-one-out + 2) retrainings "
+                                        f"on {set_name}", options.inits * (n + 2)))
+            items.append(PlanItem(f"audit of {len(options.backends)} approximations", "other", seconds=2.0))
+        return items
+
     def run(self, ctx, options: Options) -> ProbeResult:
         import pandas as pd
 

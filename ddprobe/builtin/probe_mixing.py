@@ -43,6 +43,19 @@ class Mixing:
             "auto", description="train models of one set stacked (vmap), one by one, or whichever is faster here")
         chunk: int = Field(32, ge=1, description="models per stacked batch")
 
+    def plan(self, ctx, options: Options):
+        """A training per set, k, architecture and seed on the set plus k real images per class."""
+        recipe = options.recipe.apply(ctx.recipe)
+        cap = min(ctx.real.train.counts())
+        items = []
+        for set_name in ctx.select_sets(options.sets):
+            for k in sorted({min(k, cap) for k in options.k}):
+                n = ctx.set_size(set_name) + k * ctx.real.num_classes
+                for model in ctx.select_models(options.models):
+                    items.append(ctx.train_item(model, n, recipe, f"{model} on {set_name} + {k} real/class",
+                                                options.seeds))
+        return items
+
     def run(self, ctx, options: Options) -> ProbeResult:
         import numpy as np
         import pandas as pd

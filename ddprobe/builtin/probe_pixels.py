@@ -17,6 +17,11 @@ class Pixels:
         sets: list[str] = Field([], description="distilled sets (default: all)")
         bins: int = Field(80, ge=10, description="histogram bins of the density figure")
 
+    def plan(self, ctx, options: Options):
+        from ..plan import PlanItem
+
+        return [PlanItem("pixel statistics and a density figure", "other", seconds=0.5)]
+
     def run(self, ctx, options: Options) -> ProbeResult:
         import pandas as pd
 

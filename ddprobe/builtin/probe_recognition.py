@@ -17,6 +17,15 @@ class Recognition:
         models: list[str] = Field([], description="architectures from [models] to train on real data (default all)")
         sets: list[str] = Field([], description="distilled sets (default: all, controls included)")
 
+    def plan(self, ctx, options: Options):
+        """One real-trained model per architecture (shared with other probes), then forward passes."""
+        items = []
+        for model in ctx.select_models(options.models):
+            item = ctx.pretrained_item(model)
+            item.key = f"pretrained:{model}"
+            items += [item, ctx.forward_item(model, len(ctx.real.test), f"{model} on the real test set")]
+        return items
+
     def run(self, ctx, options: Options) -> ProbeResult:
         import pandas as pd
 

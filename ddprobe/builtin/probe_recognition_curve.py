@@ -38,6 +38,17 @@ class RecognitionCurve:
         training: Literal["auto", "batched", "sequential"] = Field(
             "auto", description="train the seeds stacked (vmap), one by one, or whichever is faster here")
 
+    def plan(self, ctx, options: Options):
+        """Real-data runs of ``steps`` steps, with forward passes over the test set and every set as they go."""
+        recipe = options.recipe.apply(ctx.pretrain_recipe).model_copy(update={"steps": options.steps, "epochs": None})
+        items = []
+        records = options.seeds * (options.steps // options.every)
+        for model in ctx.select_models(options.models):
+            items.append(ctx.train_item(model, len(ctx.real.train), recipe, f"{options.seeds} real-data {model} runs",
+                                        options.seeds))
+            items.append(ctx.forward_item(model, len(ctx.real.test), "test set after each recorded step", records))
+        return items
+
     def run(self, ctx, options: Options) -> ProbeResult:
         import numpy as np
         import pandas as pd

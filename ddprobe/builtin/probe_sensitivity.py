@@ -126,6 +126,17 @@ class Sensitivity:
             unique.append((name, r, note))
         return unique
 
+    def plan(self, ctx, options: Options):
+        """A training per cell of the grid, architecture, set (controls included) and seed."""
+        cells = self.cells(ctx, options)
+        items = []
+        for set_name in ctx.select_sets(options.sets):
+            for model in ctx.select_models(options.models):
+                for cell, recipe, _ in cells:
+                    items.append(ctx.train_item(model, ctx.set_size(set_name), recipe,
+                                                f"{model} on {set_name}, cell {cell}", options.seeds))
+        return items
+
     def run(self, ctx, options: Options) -> ProbeResult:
         import numpy as np
         import pandas as pd
