@@ -259,7 +259,7 @@ class Influence:
             for col in range(k + 1):
                 ax = axes[r][col]
                 img = dist_px[r] if col == 0 else real_px[col - 1]
-                ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0),
+                ax.imshow((img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)).numpy(),
                           cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1)
                 ax.set_xticks([])
                 ax.set_yticks([])
