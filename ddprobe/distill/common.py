@@ -3,8 +3,6 @@ with progress and resumable checkpoints, and flat-parameter functional models.""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 from pathlib import Path
@@ -134,13 +132,13 @@ class FlatModel:
 
 # -- checkpoints -------------------------------------------------------------------------------------------------
 def run_key(distiller: str, options: Any, ipc: int, ctx: DistillContext, model: ModelSpec | None) -> str:
-    """A hash of what determines a distillation: what the study's cache key holds (including the cache's code
-    salt, so a checkpoint is never resumed by different code), plus the resolved network."""
+    """The cache key of a distillation in progress: what the study's key for the set holds, plus the resolved
+    network (``Cache.key`` adds the code fingerprint, so a checkpoint is never resumed by different code)."""
     opts = options.model_dump(mode="json") if hasattr(options, "model_dump") else dict(options)
     opts.pop("checkpoint_every", None)
     parts = {"distiller": distiller, "options": opts, "ipc": ipc, "seed": ctx.seed, "real": ctx.data_key,
-             "model": model.key() if model is not None else None, "code": getattr(ctx.cache, "salt", None)}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+             "model": model.key() if model is not None else None}
+    return ctx.cache.key("distill-checkpoint", parts)
 
 
 class Checkpointer:
