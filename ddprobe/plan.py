@@ -207,12 +207,19 @@ def _plugin_items(plugin: Any, *args: Any) -> list[PlanItem] | None:
 
 def plan_study(spec: Spec, measure: bool = True) -> Plan:
     """What ``ddprobe run`` would do for ``spec``, without training or writing anything (see module doc)."""
-    from . import registry
     from .context import StudyContext, resolve_device
     from .plugins import load_plugins
     from .progress import Progress
     from .spec import DistilledSpec
-    from .study import _probe_cache_key, build_distilled, data_key, distilled_cache_parts, load_real, make_cache
+    from .study import (
+        _probe_cache_key,
+        build_distilled,
+        control_specs,
+        data_key,
+        distilled_cache_parts,
+        load_real,
+        make_cache,
+    )
 
     load_plugins()
     device = resolve_device(spec.study.device)
@@ -260,12 +267,8 @@ def plan_study(spec: Spec, measure: bool = True) -> Plan:
     for dspec in spec.distilled.values():
         add_set(dspec)
     if spec.study.control:
-        random = registry.get_distiller("random")
-        ipcs = {d.ipc for d in spec.distilled.values() if d.distiller not in (None, "random") and d.ipc}
-        ipcs |= {ds.manifest.ipc for ds in sets.values() if ds.manifest.ipc and ds.manifest.distiller != "random"}
-        for k in sorted(ipcs):
-            if f"random_ipc{k}" not in spec.distilled:
-                add_set(DistilledSpec(f"random_ipc{k}", k, "random", random, random.Options()))
+        for cspec in control_specs(spec, sets):
+            add_set(cspec)
     pctx.sets = {e.name: {"status": e.status} for e in entries}
     for name, dspec in spec.distilled.items():
         if name in pctx.sets and dspec.ipc:

@@ -118,13 +118,16 @@ def build_distilled(spec: Spec, dspec: DistilledSpec, real: RealData, cache: Cac
     return ds, False
 
 
-def _control_specs(spec: Spec, sets: dict[str, DistilledSet]) -> list[DistilledSpec]:
+def control_specs(spec: Spec, sets: dict[str, DistilledSet]) -> list[DistilledSpec]:
+    """The random-real controls a study adds: one per images-per-class of its declared or loaded sets."""
     from . import registry
     from .spec import DistilledSpec
 
     random = registry.get_distiller("random")
-    ipcs = sorted({ds.manifest.ipc for ds in sets.values() if ds.manifest.ipc and ds.manifest.distiller != "random"})
-    return [DistilledSpec(f"random_ipc{k}", k, "random", random, random.Options()) for k in ipcs]
+    ipcs = {d.ipc for d in spec.distilled.values() if d.distiller not in (None, "random") and d.ipc}
+    ipcs |= {ds.manifest.ipc for ds in sets.values() if ds.manifest.ipc and ds.manifest.distiller != "random"}
+    return [DistilledSpec(f"random_ipc{k}", k, "random", random, random.Options()) for k in sorted(ipcs)
+            if f"random_ipc{k}" not in spec.distilled]
 
 
 def _probe_cache_key(ctx: StudyContext, spec: Spec, probe: ProbeSpec) -> str:
@@ -262,7 +265,7 @@ def prepare(spec: Spec, output_dir: Path, no_cache: bool = False, console: Any =
     for dspec in spec.distilled.values():
         with progress.task(f"distilled set {dspec.name}", total=None):
             add(dspec)
-    controls = _control_specs(spec, sets) if spec.study.control else []
+    controls = control_specs(spec, sets) if spec.study.control else []
     for cspec in controls:
         if cspec.name not in sets:
             add(cspec, control=True)
