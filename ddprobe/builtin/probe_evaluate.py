@@ -46,6 +46,7 @@ class Evaluate:
         rows = []
         sets = ctx.select_sets(options.sets)
         models = ctx.select_models(options.models)
+        test = ctx.real.test.to(ctx.device)  # once, not per trained model
         with ctx.progress.task("evaluate", total=len(sets) * len(models) * options.seeds) as task:
             for set_name, ds in sets.items():
                 lr = ds.manifest.learned_lr
@@ -58,7 +59,7 @@ class Evaluate:
                     for s in range(options.seeds):
                         net = ctx.trained(model, ds, set_recipe, seed_name=f"evaluate:{set_name}:{model}:{s}",
                                           learned_lr=lr)
-                        accs.append(evaluate(net, ctx.real.test.to(ctx.device)))
+                        accs.append(evaluate(net, test))
                         task.advance()
                     rows.append({"set": set_name, "model": model, "mean": float(np.mean(accs)),
                                  "std": float(np.std(accs)), "seeds": len(accs),

@@ -35,11 +35,12 @@ class Recognition:
         sets = ctx.select_sets(options.sets)
         metrics: dict[str, float] = {}
         rows, class_rows = [], []
+        test = ctx.real.test.to(ctx.device)
         with ctx.progress.task("recognition: real-trained models", total=len(models)) as task:
             nets = {}
             for model in models:
                 nets[model] = ctx.pretrained(model)
-                metrics[f"real_test/{model}"] = evaluate(nets[model], ctx.real.test.to(ctx.device))
+                metrics[f"real_test/{model}"] = evaluate(nets[model], test)
                 task.advance()
         for set_name, ds in sets.items():
             labels = ds.hard_labels
