@@ -74,9 +74,7 @@ def distilled_jobs(ctx, sets, seeds: int, recipe, model: str):
     """
     jobs, ids, keys, recipes = [], [], [], {}
     for set_name, ds in sets.items():
-        use = recipe
-        if recipe.lr == "learned" and ds.manifest.learned_lr is None:
-            use = recipe.model_copy(update={"lr": 0.01})
+        use = recipe.for_set(ds.manifest.learned_lr)
         recipes[set_name] = use
         for s in range(seeds):
             jobs.append(TrainJob(f"evaluate:{set_name}:{model}:{s}", ds, None, ds.manifest.learned_lr))

@@ -54,6 +54,12 @@ class TrainRecipe(BaseModel):
             return float(learned_lr)
         return float(self.lr)
 
+    def for_set(self, learned_lr: float | None, fallback: float = 0.01) -> TrainRecipe:
+        """This recipe for one set: ``lr = "learned"`` becomes ``fallback`` when the set has no learned lr."""
+        if self.lr != "learned" or learned_lr is not None:
+            return self
+        return self.model_copy(update={"lr": fallback})
+
     def key(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 

@@ -231,3 +231,11 @@ def test_metric_matrices_pivot_the_last_key_part():
     assert [(m.rows, m.cols) for m in matrices] == [(["dm/mlp", "rnd/mlp"], ["k0", "k2"]), (["dm", "rnd"], ["convnet"])]
     assert matrices[0].cells[("rnd/mlp", "k2")] == 0.75
     assert rest == {"products": 12.0}
+
+
+def test_recipe_for_a_set_without_learned_lr():
+    learned = TrainRecipe(lr="learned")
+    assert learned.for_set(0.03) is learned and learned.for_set(0.03).resolved_lr(0.03) == 0.03
+    assert learned.for_set(None).lr == 0.01 and learned.for_set(None, fallback=0.2).lr == 0.2
+    plain = TrainRecipe(lr=0.05)
+    assert plain.for_set(None) is plain

@@ -23,8 +23,7 @@ class Evaluate:
     def plan(self, ctx, options: Options):
         """Trainings of every architecture on every set (``ddprobe plan``); cached ones are marked."""
         recipe = options.recipe.apply(ctx.recipe)
-        if recipe.lr == "learned":
-            recipe = recipe.model_copy(update={"lr": 0.01})  # the length of training is what the plan needs
+        recipe = recipe.for_set(None)  # the length of training is what the plan needs, not its lr
         items = []
         for set_name, info in ctx.select_sets(options.sets).items():
             for model in ctx.select_models(options.models):
@@ -50,10 +49,7 @@ class Evaluate:
         with ctx.progress.task("evaluate", total=len(sets) * len(models) * options.seeds) as task:
             for set_name, ds in sets.items():
                 lr = ds.manifest.learned_lr
-                set_recipe = recipe
-                if recipe.lr == "learned" and lr is None:
-                    set_recipe = recipe.model_copy(update={"lr": ctx.recipe.lr if ctx.recipe.lr != "learned"
-                                                           else 0.01})
+                set_recipe = recipe.for_set(lr, fallback=ctx.recipe.lr if ctx.recipe.lr != "learned" else 0.01)
                 for model in models:
                     accs = []
                     for s in range(options.seeds):

@@ -121,8 +121,7 @@ class Influence:
         from .. import influence as inf
 
         lr = ds.manifest.learned_lr
-        if recipe.lr == "learned" and lr is None:
-            recipe = recipe.model_copy(update={"lr": 0.01})
+        recipe = recipe.for_set(lr)
         workers = options.workers or getattr(ctx, "workers", 1)
         data = ds.to(ctx.device)
         test_x, test_y = test.images.to(ctx.device), test.labels.to(ctx.device)

@@ -78,9 +78,7 @@ class Mixing:
         rows = []
         for model in models:
             for set_name, ds in sets.items():
-                use = recipe
-                if recipe.lr == "learned" and ds.manifest.learned_lr is None:
-                    use = recipe.model_copy(update={"lr": 0.01})
+                use = recipe.for_set(ds.manifest.learned_lr)
                 jobs, ids, keys = [], [], []
                 base = ds.as_data()
                 for s in range(options.seeds):
