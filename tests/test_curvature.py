@@ -156,6 +156,28 @@ def test_lanczos_top_eigenvalues_to_1e4():
     assert bool(((loose.eigenvalues - evals.flip(0)[:5]).abs() <= 1e-2 * loose.eigenvalues.abs()).all())
 
 
+def test_lanczos_guard_keeps_a_missed_eigenvalue_from_being_certified():
+    # A clustered top like a trained ConvNet's Hessian (5.61, 4.92, 4.21, 3.81, 3.57, 3.39, ...) above a bulk.
+    n = 300
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen(0), dtype=torch.float64))
+    top = torch.tensor([5.61, 4.92, 4.21, 3.81, 3.57, 3.39, 3.00, 2.77, 2.59, 2.41], dtype=torch.float64)
+    a = q @ torch.diag(torch.cat([top, torch.linspace(-0.55, 2.3, n - len(top), dtype=torch.float64)])) @ q.T
+
+    def wrong_top5(guard: int) -> list[int]:
+        bad = []
+        for seed in range(40):
+            r = lanczos(MatrixOperator(a), k=5, tol=1e-2, per_eigenvalue=True, guard=guard, generator=gen(seed))
+            assert all(r.converged)
+            if bool(((r.eigenvalues - top[:5]).abs() > 1e-2 * top[:5]).any()):
+                bad.append(seed)
+        return bad
+
+    assert wrong_top5(guard=0)  # without the guard some starts certify the 6th eigenvalue as the 5th
+    assert wrong_top5(guard=2) == []
+    with pytest.raises(ValueError, match="guard"):
+        lanczos(MatrixOperator(a), k=5, guard=-1)
+
+
 def test_lanczos_random_matrix_and_which():
     g = gen(0)
     m = torch.randn(120, 120, generator=g, dtype=torch.float64)
