@@ -89,6 +89,17 @@ def test_probe_minibatch_estimator(make_ctx, random_set):
     assert res.info["real_examples"] == 1437
 
 
+def test_auto_estimator_uses_minibatches_only_for_large_sets(make_ctx, random_set):
+    ctx = make_ctx(sets={"random1": random_set(1)}, models=SMALL)
+    probe = Hessian()
+    assert probe.Options().estimator == "auto"
+    res = probe.run(ctx, probe.Options(recipe={"steps": 1}, checkpoints=1, minibatch_size=64, budget=12, rtol=0.5))
+    used = res.tables["traces"].groupby("set").estimator.unique().to_dict()
+    assert {k: list(v) for k, v in used.items()} == {"real": ["minibatch"], "random1": ["hutchpp"]}
+    res = probe.run(ctx, probe.Options(recipe={"steps": 1}, checkpoints=1, minibatch_size=400, budget=12, rtol=0.5))
+    assert set(res.tables["traces"].estimator) == {"hutchpp"}  # 1437 real images < 4 x 400
+
+
 def test_budget_must_leave_room_for_the_trace(make_ctx):
     import pytest
 

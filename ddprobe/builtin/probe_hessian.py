@@ -49,10 +49,12 @@ class Hessian:
             None, ge=1, description="real training examples in the real-data Hessian (one seeded subsample, the same "
             "at every checkpoint); default: the full training set, as the paper",
         )
-        estimator: Literal["hutchpp", "hutchinson", "minibatch"] = Field(
-            "hutchpp", description="trace estimator: Hutch++ (default; same expectation, lower variance), plain "
-            "Hutchinson with Rademacher probes (the paper's), or 'minibatch': Hutchinson on random minibatches of "
-            "minibatch_size examples (unbiased for the full-data trace; for large real sets)",
+        estimator: Literal["auto", "hutchpp", "hutchinson", "minibatch"] = Field(
+            "auto", description="trace estimator: Hutch++ (same expectation as Hutchinson, lower variance), plain "
+            "Hutchinson with Rademacher probes (the paper's), 'minibatch': Hutchinson on random minibatches of "
+            "minibatch_size examples (unbiased for the full-data trace, its standard error includes the data "
+            "sampling; for large sets), or 'auto' (default): 'minibatch' for sets of at least 4 x minibatch_size "
+            "examples, else Hutch++",
         )
         minibatch_size: int = Field(256, ge=1, description="examples per round of the 'minibatch' estimator")
         rtol: float = Field(0.05, gt=0, description="stop a trace estimate at this relative standard error")
@@ -162,11 +164,14 @@ class Hessian:
                         eig_rows.append({"step": state.step, "set": name, "rank": r + 1,
                                          "eigenvalue": float(eig.eigenvalues[r]),
                                          "residual": float(eig.residuals[r]), "converged": eig.converged[r]})
-                if options.estimator == "minibatch":
+                method = options.estimator
+                if method == "auto":
+                    method = "minibatch" if len(data) >= 4 * options.minibatch_size else "hutchpp"
+                if method == "minibatch":
                     est = minibatch_trace(state.model, data, batch_size=options.minibatch_size, probes_per_batch=2,
                                           rtol=options.rtol, max_products=budget, generator=gens[name], bn=options.bn)
                     op.products += est.products
-                elif options.estimator == "hutchpp":
+                elif method == "hutchpp":
                     est = hutchpp(op, rtol=options.rtol, max_products=budget, generator=gens[name],
                                   sketch=max(1, min(10, budget // 4)))
                 else:
@@ -176,7 +181,7 @@ class Hessian:
                 op.close()
                 used += op.products
                 rows.append({"step": state.step, "set": name, "trace": est.value, "stderr": est.stderr,
-                             "products": op.products, "converged": est.converged,
+                             "products": op.products, "estimator": method, "converged": est.converged,
                              "control": name in ctx.controls})
             if options.top_k and "real" in vecs:
                 for name, v in vecs.items():
