@@ -173,9 +173,26 @@ def test_lanczos_guard_keeps_a_missed_eigenvalue_from_being_certified():
         return bad
 
     assert wrong_top5(guard=0)  # without the guard some starts certify the 6th eigenvalue as the 5th
-    assert wrong_top5(guard=2) == []
+    assert wrong_top5(guard=3) == []  # the default
     with pytest.raises(ValueError, match="guard"):
         lanczos(MatrixOperator(a), k=5, guard=-1)
+
+
+def test_lanczos_error_bounds_hold_and_are_sharper_than_residuals():
+    n = 200
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen(3), dtype=torch.float64))
+    evals = torch.cat([torch.tensor([9.0, 7.5, 7.0, 5.0, 4.6], dtype=torch.float64),
+                       torch.linspace(-1.0, 4.0, n - 5, dtype=torch.float64)])
+    a = q @ torch.diag(evals) @ q.T
+    sharper = 0
+    for seed in range(10):
+        for iters in (12, 20, 30):  # stopped early on purpose: unconverged pairs too
+            r = lanczos(MatrixOperator(a), k=5, tol=1e-12, max_iter=iters, min_iter=iters, generator=gen(seed))
+            err = (r.eigenvalues[:, None] - evals[None, :]).abs().min(dim=1).values
+            assert bool((err <= r.error_bounds * (1 + 1e-9) + 1e-12).all()), (seed, iters)
+            assert bool((r.error_bounds <= r.residuals).all())
+            sharper += int((r.error_bounds < 0.5 * r.residuals).sum())
+    assert sharper > 50  # the quadratic bound is the one that counts once residuals are small
 
 
 def test_lanczos_random_matrix_and_which():

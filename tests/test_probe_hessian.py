@@ -44,7 +44,9 @@ def test_probe_end_to_end(make_ctx, random_set):
     assert 0.0 <= res.metrics["random2/overlap_final"] <= 1.0 + 1e-9
     assert res.metrics["random2/final_ratio"] == res.metrics["random2/trace_final"] / res.metrics["real/trace_final"]
     assert res.figures["traces"].exists()
-    assert len(res.tables["eigen"]) == 2 * 2 * 2
+    eigen = res.tables["eigen"]
+    assert len(eigen) == 2 * 2 * 2
+    assert bool((eigen.error_bound <= eigen.residual).all())
     # deterministic for the study seed
     again = probe.run(make_ctx(sets={"random2": random_set(2)}, models=SMALL), opts)
     assert again.tables["traces"].trace.tolist() == traces.trace.tolist()

@@ -68,7 +68,8 @@ class Hessian:
         top_k: int = Field(0, ge=0, description="also the top-k eigenvalues by Lanczos, and the overlap of the real "
                            "and each distilled top-k eigenspace")
         eigen_tol: float = Field(1e-3, gt=0,
-                                 description="Lanczos residual tolerance, relative to the largest |eigenvalue|")
+                                 description="Lanczos tolerance: each eigenvalue's certified error bound, relative to "
+                                             "the largest |eigenvalue|")
         bn: Literal["eval", "batch"] = Field(
             "eval", description="BatchNorm policy: 'eval' uses running statistics (the paper's PyHessian did); "
             "'batch' uses batch statistics (needs the data in one batch)",
@@ -163,7 +164,8 @@ class Hessian:
                     for r in range(len(eig.eigenvalues)):
                         eig_rows.append({"step": state.step, "set": name, "rank": r + 1,
                                          "eigenvalue": float(eig.eigenvalues[r]),
-                                         "residual": float(eig.residuals[r]), "converged": eig.converged[r]})
+                                         "residual": float(eig.residuals[r]),
+                                         "error_bound": float(eig.error_bounds[r]), "converged": eig.converged[r]})
                 method = options.estimator
                 if method == "auto":
                     method = "minibatch" if len(data) >= 4 * options.minibatch_size else "hutchpp"
