@@ -5,25 +5,27 @@ Requires PyHessian 0.1, a benchmark-only dependency (never a runtime one); this 
     .venv/bin/pip install pyhessian==0.1
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_hessian.py            # prints markdown tables
 
-Same model, data and checkpoint for both: a ConvNet (width 8, depth 2, instance norm) trained for ``--steps``
-steps of the paper's real-data recipe (batch 256, SGD 0.01, momentum 0.9) on the 1437 digits training images;
+Same model, data and checkpoint for both, at each of the checkpoints ``--steps`` (default steps 0, 10, 30, 100 and
+300 of the 300-step window the paper's analysis covers): a ConvNet (width 8, depth 2, instance norm) trained for that
+many steps of the paper's real-data recipe (batch 256, SGD 0.01, momentum 0.9) on the 1437 digits training images;
 the Hessian of the mean cross-entropy over all 1437 images (single batch, so PyHessian reuses its gradient graph
 as we do). Each side gets a deep copy of the model. Every timed method runs ``--repeats`` times, interleaved with
 the others (so warm-up and load drift hit all of them alike), and the median time is reported.
 
 (1) Time to a trace estimate within 2 % relative standard error. PyHessian has no standard error and no such stop
-    rule: we run its ``trace(maxIter=M, tol=0)`` (tol 0 disables its stop for a positive trace), find the first
-    n >= 10 at which its own samples reach 2 % relative standard error, and charge it its constructor time plus
-    n/M of the loop time (its per-probe cost is constant: one product each). ddprobe runs ``hutchpp`` and
-    ``hutchinson`` (full data) and ``minibatch_trace`` (the same full-data trace from random 128-image minibatches,
-    unbiased under eval-mode BN, its standard error including the data-sampling variance) with ``rtol=0.02`` and
-    stops by itself; its time includes building the graph. ``minibatch_trace`` is also run from
-    ``--calibration-seeds`` seeds to check that its standard error is honest (the exact trace should be within
-    2 standard errors about 95 % of the time).
+    rule: we run its ``trace(maxIter=50, tol=0)`` (tol 0 disables its stop for a positive trace) again and again,
+    find the first n >= 10 at which its own samples reach 2 % relative standard error, and charge it its
+    constructor time plus the loop time of those n probes (prorated in the last block of 50: one product each).
+    ddprobe runs ``hutchpp`` (and, with ``--full-hutchinson``, ``hutchinson``) on the full data and
+    ``minibatch_trace`` (the same full-data trace from random 128-image minibatches, unbiased under eval-mode BN,
+    its standard error including the data-sampling variance) with ``rtol=0.02`` and stops by itself; its time
+    includes building the graph. ``minibatch_trace`` is also run from ``--calibration-seeds`` seeds to check that
+    its standard error is honest (the exact trace should be within 2 standard errors about 95 % of the time).
+    Both sides stop at ``--max-products``.
 (2) Time to the top-5 eigenvalues agreeing to 1 % with the explicit ones (eigvalsh of the dense Hessian built from
     ``size``-many products, cached in /tmp). PyHessian: ``eigenvalues(top_n=5)`` with tol 1e-2, then 1e-3 (its
     default), ... until it agrees: the loosest agreeing tol is timed, earlier attempts are listed. ddprobe:
-    ``lanczos(k=5, tol=1e-2, per_eigenvalue=True)`` (2 guard pairs), whose residual bound certifies each
+    ``lanczos(k=5, tol=1e-2, per_eigenvalue=True)`` (default 3 guard pairs), whose error bounds certify each
     eigenvalue to 1 % before it stops (no explicit reference needed); also from ``--lanczos-seeds`` start vectors.
 (3) Bounds from the explicit Hessian (no timing), for what any product-counting method can reach on this matrix:
     Hutchinson's expected probes to 2 %, the same after deflating the exact top-k eigenvectors for free (the ideal
@@ -76,20 +78,47 @@ def oracle_lanczos(dense: np.ndarray, top5: np.ndarray, seeds: int, max_iter: in
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=30, help="real-data steps before the checkpoint")
+    ap.add_argument("--steps", default="0,10,30,100,300",
+                    help="comma-separated checkpoints: real-data steps before each (the paper's window is 300)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per method (median reported)")
     ap.add_argument("--calibration-seeds", type=int, default=20)
     ap.add_argument("--lanczos-seeds", type=int, default=10)
-    ap.add_argument("--pyhessian-probes", type=int, default=150, help="M, PyHessian's trace probes")
+    ap.add_argument("--full-hutchinson", action="store_true",
+                    help="also time ddprobe's full-data Hutchinson (PyHessian's algorithm; equal cost per product)")
+    ap.add_argument("--max-products", type=int, default=8000,
+                    help="cap on products (PyHessian probes, ddprobe products) for one trace estimate")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     import importlib
 
     ph = importlib.import_module("pyhessian.hessian")  # the module (the package re-exports the class as .hessian)
+    rows = [checkpoint(args, int(steps), ph) for steps in args.steps.split(",")]  # the explicit Hessians are cached
+    if len(rows) > 1:
+        summarize(rows)
 
+
+def summarize(rows: list[dict]) -> None:
+    """One line per checkpoint, and the whole trajectory (sums of medians) as a user of the probe pays it."""
+    print("\n## all checkpoints (median seconds; speed-up = PyHessian / ddprobe)\n")
+    print("| step | trace: PyHessian (products) | minibatch (products) | speed-up | Hutch++ (products) | speed-up "
+          "| top-5: PyHessian (products) | Lanczos (products) | speed-up |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    total = {k: sum(r[k] for r in rows) for k in rows[0] if k not in ("steps", "ph_eig_ok")}
+    ok = [r for r in rows if r["ph_eig_ok"]]  # eigenvalue totals only where PyHessian got within 1 %
+    for k in ("ph_eig", "lanczos", "ph_eig_products", "lanczos_products"):
+        total[k] = sum(r[k] for r in ok)
+    for r in rows + [{"steps": "all", "ph_eig_ok": bool(ok), **total}]:
+        eig = (f"{r['ph_eig']:.2f} ({r['ph_eig_products']}) | {r['lanczos']:.2f} ({r['lanczos_products']}) | "
+               + (f"{r['ph_eig'] / r['lanczos']:.2f}x" if r["ph_eig_ok"] else "PyHessian never within 1 %"))
+        print(f"| {r['steps']} | {r['ph_trace']:.2f} ({r['ph_trace_products']}) | {r['minibatch']:.2f} "
+              f"({r['minibatch_products']}) | {r['ph_trace'] / r['minibatch']:.2f}x | {r['hutchpp']:.2f} "
+              f"({r['hutchpp_products']}) | {r['ph_trace'] / r['hutchpp']:.2f}x | {eig} |")
+
+def checkpoint(args: argparse.Namespace, steps: int, ph) -> dict:
+    """Everything at one checkpoint: the timed table, the calibration, Lanczos from other starts, the bounds."""
     from ddprobe import registry
     from ddprobe.builtin.probe_hessian import PAPER_RECIPE
     from ddprobe.curvature import HessianOperator, dense_matrix, hutchinson, hutchpp, lanczos, minibatch_trace
@@ -101,14 +130,14 @@ def main() -> None:
     mp = registry.get_model("convnet")
     torch.manual_seed(args.seed)
     net = mp.build(mp.Options(width=args.width, depth=2), real.input_shape, real.num_classes)
-    train(net, real.train, PAPER_RECIPE.model_copy(update={"steps": args.steps}),
+    train(net, real.train, PAPER_RECIPE.model_copy(update={"steps": steps}),
           generator=torch.Generator().manual_seed(args.seed))
     net.eval()
     size = sum(p.numel() for p in net.parameters())
     print(f"# ConvNet width {args.width} depth 2: {size} parameters; {len(x)} images; checkpoint after "
-          f"{args.steps} steps; torch threads {args.threads}; {args.repeats} interleaved repeats, median time")
+          f"{steps} steps; torch threads {args.threads}; {args.repeats} interleaved repeats, median time")
 
-    ref_path = Path(f"/tmp/ddprobe-bench-hessian-w{args.width}-s{args.steps}-seed{args.seed}.pt")
+    ref_path = Path(f"/tmp/ddprobe-bench-hessian-w{args.width}-s{steps}-seed{args.seed}.pt")
     if ref_path.exists():
         dense = torch.load(ref_path)
     else:
@@ -124,7 +153,8 @@ def main() -> None:
     print(f"# exact trace {exact_trace:.4f}; top-5 {np.round(top5, 4).tolist()}; min {float(evals[-1]):.4f}")
 
     counter = {"n": 0}
-    original = ph.hessian_vector_product
+    original = getattr(ph, "_uncounted_hvp", ph.hessian_vector_product)  # unwrap an earlier checkpoint's counter
+    ph._uncounted_hvp = original
 
     def counted(gradsH, params, v):
         counter["n"] += 1
@@ -141,14 +171,19 @@ def main() -> None:
         torch.manual_seed(args.seed)
         t0 = time.perf_counter()
         h = ph.hessian(copy.deepcopy(net), criterion, data=(x, y), cuda=False)
-        t_ctor = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        samples = h.trace(maxIter=args.pyhessian_probes, tol=0.0)
-        t_loop = time.perf_counter() - t0
-        n_star = next((n for n in range(10, len(samples) + 1)
-                       if np.std(samples[:n], ddof=1) / math.sqrt(n) <= 0.02 * abs(np.mean(samples[:n]))), None)
+        seconds = time.perf_counter() - t0
+        samples: list[float] = []
+        n_star = None
+        while n_star is None and len(samples) < args.max_products:  # its own probes, 50 at a time
+            t0 = time.perf_counter()
+            block = h.trace(maxIter=50, tol=0.0)
+            t_block = time.perf_counter() - t0
+            start = len(samples)
+            samples += block
+            n_star = next((n for n in range(max(10, start + 1), len(samples) + 1)
+                           if np.std(samples[:n], ddof=1) / math.sqrt(n) <= 0.02 * abs(np.mean(samples[:n]))), None)
+            seconds += t_block * ((n_star or len(samples)) - start) / len(block)  # one product per probe
         used = n_star or len(samples)
-        seconds = t_ctor + t_loop * used / len(samples)
         se = float(np.std(samples[:used], ddof=1) / math.sqrt(used))
         return seconds, (used, float(np.mean(samples[:used])), se,
                          "reached" if n_star else f"NOT reached in {len(samples)}")
@@ -159,10 +194,10 @@ def main() -> None:
             model = copy.deepcopy(net)
             t0 = time.perf_counter()
             if fn is minibatch_trace:
-                est = fn(model, (x, y), batch_size=128, probes_per_batch=2, rtol=0.02, max_products=2000,
+                est = fn(model, (x, y), batch_size=128, probes_per_batch=2, rtol=0.02, max_products=args.max_products,
                          generator=gen)
             else:
-                est = fn(HessianOperator(model, (x, y)), rtol=0.02, max_products=2000, generator=gen, **kw)
+                est = fn(HessianOperator(model, (x, y)), rtol=0.02, max_products=args.max_products, generator=gen, **kw)
             seconds = time.perf_counter() - t0
             return seconds, (est.products, est.value, est.stderr, "reached" if est.converged else "NOT reached")
         return run
@@ -195,15 +230,14 @@ def main() -> None:
         return seconds, (res.products, float("nan"), float("nan"),
                          f"max rel. err {agree(res.eigenvalues.numpy()):.1e}; certified: {all(res.converged)}")
 
-    methods = {
-        ("trace, 2 % rel. SE", "PyHessian 0.1 Hutchinson"): pyhessian_trace,
-        ("trace, 2 % rel. SE", "ddprobe hutchpp (full data)"): ddprobe_trace(hutchpp, sketch=10),
-        ("trace, 2 % rel. SE", "ddprobe hutchinson (full data)"): ddprobe_trace(hutchinson),
-        ("trace, 2 % rel. SE", "ddprobe minibatch_trace (128 images x 2 probes per round)"):
-            ddprobe_trace(minibatch_trace),
-        ("top-5 eigenvalues, 1 %", "PyHessian 0.1 power iteration"): pyhessian_eigen,
-        ("top-5 eigenvalues, 1 %", "ddprobe lanczos"): ddprobe_lanczos,
-    }
+    TRACE, EIG = "trace, 2 % rel. SE", "top-5 eigenvalues, 1 %"
+    PH_TRACE, HPP, HUT, MB = "PyHessian 0.1 Hutchinson", "ddprobe hutchpp (full data)", \
+        "ddprobe hutchinson (full data)", "ddprobe minibatch_trace (128 images x 2 probes per round)"
+    PH_EIG, LZ = "PyHessian 0.1 power iteration", "ddprobe lanczos"
+    methods = {(TRACE, PH_TRACE): pyhessian_trace, (TRACE, HPP): ddprobe_trace(hutchpp, sketch=10)}
+    if args.full_hutchinson:  # PyHessian's own algorithm: same probes, same cost per product
+        methods[(TRACE, HUT)] = ddprobe_trace(hutchinson)
+    methods |= {(TRACE, MB): ddprobe_trace(minibatch_trace), (EIG, PH_EIG): pyhessian_eigen, (EIG, LZ): ddprobe_lanczos}
     times: dict[tuple[str, str], list[float]] = {key: [] for key in methods}
     info: dict[tuple[str, str], tuple] = {}
     for _ in range(args.repeats):
@@ -224,18 +258,19 @@ def main() -> None:
     if len(eig_attempts) > 1:
         print("\nPyHessian eigenvalue attempts: " + "; ".join(
             f"tol {a:g}: {b:.2f} s, {c} products, max rel. err {d:.1e}" for a, b, c, d in eig_attempts))
-    keys = list(methods)
     print(f"\nexact trace {exact_trace:.2f}")
     print("speed-ups (PyHessian median / ddprobe median): "
-          f"trace hutchpp {med[keys[0]] / med[keys[1]]:.2f}x, hutchinson {med[keys[0]] / med[keys[2]]:.2f}x, "
-          f"minibatch {med[keys[0]] / med[keys[3]]:.2f}x; top-5 eigenvalues {med[keys[4]] / med[keys[5]]:.2f}x")
+          f"trace hutchpp {med[TRACE, PH_TRACE] / med[TRACE, HPP]:.2f}x, "
+          + (f"hutchinson {med[TRACE, PH_TRACE] / med[TRACE, HUT]:.2f}x, " if args.full_hutchinson else "")
+          + f"minibatch {med[TRACE, PH_TRACE] / med[TRACE, MB]:.2f}x; "
+          f"top-5 eigenvalues {med[EIG, PH_EIG] / med[EIG, LZ]:.2f}x")
 
     # ---- calibration of the minibatch estimator's standard error
     zs, prods, secs = [], [], []
     for s in range(args.calibration_seeds):
         t0 = time.perf_counter()
         est = minibatch_trace(copy.deepcopy(net), (x, y), batch_size=128, probes_per_batch=2, rtol=0.02,
-                              max_products=2000, generator=torch.Generator().manual_seed(1000 + s))
+                              max_products=args.max_products, generator=torch.Generator().manual_seed(1000 + s))
         secs.append(time.perf_counter() - t0)
         zs.append((est.value - exact_trace) / est.stderr)
         prods.append(est.products)
@@ -270,7 +305,11 @@ def main() -> None:
     firsts = oracle_lanczos(d, top5, args.lanczos_seeds)
     print(f"  Lanczos with an oracle stop (first step with all top-5 within 1 %) over {len(firsts)} starts: "
           f"{min(firsts)}-{max(firsts)} products (mean {np.mean(firsts):.1f})")
-
+    return {"steps": steps, "ph_trace": med[TRACE, PH_TRACE], "hutchpp": med[TRACE, HPP], "minibatch": med[TRACE, MB],
+            "ph_eig": med[EIG, PH_EIG], "lanczos": med[EIG, LZ], "ph_eig_products": info[EIG, PH_EIG][0],
+            "lanczos_products": info[EIG, LZ][0], "ph_trace_products": info[TRACE, PH_TRACE][0],
+            "minibatch_products": info[TRACE, MB][0], "hutchpp_products": info[TRACE, HPP][0],
+            "ph_eig_ok": "tol" in eig_tol}
 
 if __name__ == "__main__":
     main()

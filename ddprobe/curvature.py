@@ -600,8 +600,8 @@ def lanczos(
     Ritz value is near *some* eigenvalue; on a clustered spectrum an unlucky start can certify the 6th-largest
     eigenvalue as the 5th before the Krylov space has found the missing one. On the benchmark ConvNet's Hessians
     at five checkpoints of training (docs/curvature.md) ``guard=2`` still did that for 2 of 40 starts at one
-    checkpoint; ``guard=3`` (the default) for none of 200, at about as many products as the residual test with
-    ``guard=2``.
+    checkpoint; ``guard=3`` (the default) for none of 200, at about one product more than the residual test with
+    ``guard=2`` had needed.
     """
     n = op.size
     k = min(k, n)
