@@ -240,6 +240,34 @@ def test_dc_dsa_variant_runs(small, tmp_path):
     assert torch.isfinite(ds.images).all()
 
 
+def test_dc_sets_batchnorm_statistics_from_real_images_and_matches_in_eval_mode(small, tmp_path):
+    from ddprobe.distill.common import resolve_model
+    from ddprobe.distill.dc import DCRun
+
+    plugin = registry.get_distiller("dc")
+    opts = plugin.Options(model={**TINY_NET, "norm": "batchnorm"}, **{**TINY["dc"], "iterations": 1})
+    ctx = make_ctx(small, tmp_path)
+    run = DCRun(small, 1, opts, ctx, resolve_model(ctx, opts.model, "dc"))
+    seen = []
+    match = run.match_loss
+
+    def spy(net, it, ol):
+        (bn,) = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        seen.append((bn.training, int(bn.num_batches_tracked), bn.running_mean.abs().sum().item()))
+        return match(net, it, ol)
+
+    run.match_loss = spy
+    run.iteration(0)
+    # outer_loop 2: each match follows one statistics pass over real images, in eval mode; between them the inner
+    # loop's one training batch also updated the statistics, so it ran in train mode
+    assert [(training, tracked) for training, tracked, _ in seen] == [(False, 1), (False, 3)]
+    assert all(moved > 0 for _, _, moved in seen)
+    inorm = DCRun(small, 1, plugin.Options(model=TINY_NET, **TINY["dc"]), ctx, resolve_model(ctx, TINY_NET, "dc"))
+    net = inorm.net(0).train()
+    inorm.freeze_batchnorm(net, 0, 0)  # instance norm (the default): left alone, in train mode
+    assert all(m.training for m in net.modules())
+
+
 # -- MTT ---------------------------------------------------------------------------------------------------------
 def test_mtt_loss_is_zero_when_the_student_replays_the_expert():
     from ddprobe.distill.common import FlatModel

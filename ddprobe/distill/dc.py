@@ -4,6 +4,11 @@ Each outer iteration builds a fresh randomly initialized network. For ``outer_lo
 class, the gradient of the loss on the synthetic images of class c to the gradient on a batch of real images of
 class c (layer-wise distance), steps the images, and then trains the network on the synthetic set for
 ``inner_loop`` steps.
+
+BatchNorm networks get the reference's handling: before each matching step, one train-mode forward pass over 16
+real images per class moves the running statistics towards theirs (PyTorch's momentum 0.1, as in the reference),
+and the BatchNorm layers then match in eval mode, since a synthetic batch of one image per class is too small for
+batch statistics. The inner loop trains in train mode.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .. import dsa as dsa_mod
 from .common import ClassSampler, Matching
 
 # (outer loop, inner loop) by images per class: the reference's get_loops
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
+BN_PER_CLASS = 16  # real images per class that set the BatchNorm statistics before matching (the reference's)
 
 
 def loops_for(ipc: int) -> tuple[int, int]:
@@ -84,8 +91,22 @@ class DCRun(Matching):
             loss = loss + gradient_distance(list(g_syn), g_real, o.dis_metric)
         return loss
 
+    def freeze_batchnorm(self, net: torch.nn.Module, it: Any, ol: int) -> None:
+        """The reference's BatchNorm step before matching (module docstring); a no-op without BatchNorm."""
+        layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not layers:
+            return
+        gen = self.rng("bn", f"{it}:{ol}")
+        x = torch.cat([self.sampler.sample(c, BN_PER_CLASS, gen) for c in range(self.real.num_classes)])
+        net.train()
+        with torch.no_grad():
+            net(x)
+        for m in layers:
+            m.eval()
+
     def train_net(self, net: torch.nn.Module, it: int, ol: int) -> None:
         o = self.options
+        net.train()
         opt = torch.optim.SGD(net.parameters(), lr=o.lr_net)
         gen = self.rng("inner", f"{it}:{ol}")
         x_all, y_all = self.images.detach(), self.labels
@@ -109,6 +130,7 @@ class DCRun(Matching):
         total = 0.0
         opt = self.optimizers["images"]
         for ol in range(self.outer):
+            self.freeze_batchnorm(net, it, ol)
             loss = self.match_loss(net, it, ol)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -124,6 +146,7 @@ class DCRun(Matching):
         out = 0.0
         for s in range(seeds):
             net = self.net(f"eval{s}")
+            self.freeze_batchnorm(net, f"eval{s}", 0)
             out += float(self.match_loss(net, f"eval{s}", 0).detach())
         return out / (seeds * self.real.num_classes)
 
