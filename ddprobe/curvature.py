@@ -26,8 +26,10 @@ allowed when the data forms one batch; running statistics are restored afterward
 
 **Formulation** (measured on the 2-core CPU, ConvNet on digits, see docs/curvature.md): the gradient graph is
 built once (``create_graph=True``) and kept; each product is one extra backward through it. Products are issued
-one vector at a time on CPU (a vmapped ``is_grads_batched`` backward was 1.4x slower per product there, and
-forward-over-reverse ``torch.func`` 2-5x slower), and as ``is_grads_batched`` blocks on CUDA (``batched="auto"``).
+as ``is_grads_batched`` blocks on CUDA, and on CPU when a chunk holds at most ``BATCHED_MAX_EXAMPLES`` examples
+(a distilled set, a minibatch: per-product overheads dominate there and one batched backward was 1.1-2.6x faster per
+product), one vector at a time on larger CPU chunks (batched was up to 1.9x slower there, forward-over-reverse
+``torch.func`` 2-5x slower); ``batched="auto"``, benchmarks/bench_hvp_blocks.py.
 Data larger than ``batch_size`` is processed in chunks; chunk graphs are kept when ``retain="auto"`` and there is
 one chunk, otherwise each product re-runs forward and double backward per chunk (memory bounded, like PyHessian's
 dataloader mode).
@@ -125,6 +127,7 @@ class MatrixOperator:
 
 
 LossFn = Callable[..., torch.Tensor]
+BATCHED_MAX_EXAMPLES = 128  # CPU: batched blocks of products up to this chunk size (benchmarks/bench_hvp_blocks.py)
 
 
 def _default_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -150,7 +153,8 @@ class HessianOperator:
 
     ``params``: the parameters to differentiate (default: all that require grad), flattened in order.
     ``bn``: ``"eval"`` or ``"batch"`` (see the module docstring). ``batched``: issue blocks of products with
-    ``is_grads_batched`` (``"auto"``: on CUDA only). ``retain``: keep each chunk's gradient graph between products
+    ``is_grads_batched`` (``"auto"``: on CUDA, and on CPU for chunks of at most ``BATCHED_MAX_EXAMPLES``
+    examples; the module docstring says why). ``retain``: keep each chunk's gradient graph between products
     (``"auto"``: when the data is one chunk).
     """
 
@@ -205,7 +209,9 @@ class HessianOperator:
                 "bn='batch' couples the examples of a batch, so the Hessian over several chunks is not the Hessian "
                 "of one loss; use bn='eval' or batch_size=None"
             )
-        self.batched = (self.device.type == "cuda") if batched == "auto" else bool(batched)
+        if batched == "auto":
+            batched = self.device.type == "cuda" or bs <= BATCHED_MAX_EXAMPLES
+        self.batched = bool(batched)
         self.retain = (len(self.chunks) == 1) if retain == "auto" else bool(retain)
 
     # -- flat <-> per-parameter

@@ -79,11 +79,22 @@ def test_operator_matches_explicit_hessian_full_chunked_and_subsample():
     chunked = HessianOperator(model, (x, y), batch_size=7)
     assert len(chunked.chunks) == 6 and not chunked.retain
     torch.testing.assert_close(dense_matrix(chunked), ref, rtol=1e-9, atol=1e-11)
-    batched = HessianOperator(model, (x, y), batched=True)
-    torch.testing.assert_close(dense_matrix(batched), ref, rtol=1e-9, atol=1e-11)
+    looped = HessianOperator(model, (x, y), batched=False)  # 40 examples: "auto" batches on CPU too
+    torch.testing.assert_close(dense_matrix(looped), ref, rtol=1e-9, atol=1e-11)
     sub = HessianOperator(model, (x, y), subsample=15, generator=gen(3))
     idx = torch.randperm(40, generator=gen(3))[:15].sort().values
     torch.testing.assert_close(dense_matrix(sub), explicit_hessian(model, x[idx], y[idx]), rtol=1e-9, atol=1e-11)
+
+
+def test_batched_auto_follows_the_chunk_size_on_cpu():
+    from ddprobe.curvature import BATCHED_MAX_EXAMPLES
+
+    x, y = tiny_data(n=300)
+    model = tiny_mlp()
+    assert HessianOperator(model, (x[:BATCHED_MAX_EXAMPLES], y[:BATCHED_MAX_EXAMPLES])).batched
+    assert not HessianOperator(model, (x, y)).batched
+    assert HessianOperator(model, (x, y), batch_size=100).batched  # chunks of 100
+    assert not HessianOperator(model, (x[:10], y[:10]), batched=False).batched
 
 
 def test_ggn_is_jt_hz_j():
