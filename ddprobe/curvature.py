@@ -48,6 +48,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .nets import batchnorm_layers
+
 __all__ = [
     "CurvatureOperator", "HessianOperator", "MatrixOperator", "TraceEstimate", "EigenResult", "SpectralDensity",
     "hutchinson", "hutchpp", "minibatch_trace", "trace", "lanczos", "spectral_density", "rademacher", "dense_matrix",
@@ -107,7 +109,7 @@ def preserved_state(model: nn.Module, restore_buffers: bool = False) -> Iterator
 
 
 def _has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return bool(batchnorm_layers(model))
 
 
 # ------------------------------------------------------------------------------------------------------ operators

@@ -22,6 +22,11 @@ class Classifier(nn.Module):
         return self.head.in_features
 
 
+def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's BatchNorm layers (any dimension), in ``modules()`` order."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def make_norm(kind: str, channels: int, spatial: tuple[int, int]) -> nn.Module:
     if kind == "instancenorm":
         return nn.GroupNorm(channels, channels, affine=True)

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .. import dsa as dsa_mod
+from ..nets import batchnorm_layers
 from .common import ClassSampler, Matching
 
 # (outer loop, inner loop) by images per class: the reference's get_loops
@@ -93,7 +93,7 @@ class DCRun(Matching):
 
     def freeze_batchnorm(self, net: torch.nn.Module, it: Any, ol: int) -> None:
         """The reference's BatchNorm step before matching (module docstring); a no-op without BatchNorm."""
-        layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        layers = batchnorm_layers(net)
         if not layers:
             return
         gen = self.rng("bn", f"{it}:{ol}")
