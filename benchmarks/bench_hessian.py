@@ -105,10 +105,12 @@ def main() -> None:
 def summarize(rows: list[dict]) -> None:
     """One line per checkpoint, and the whole trajectory (sums of medians) as a user of the probe pays it."""
     print("\n## all checkpoints (median seconds; speed-up = PyHessian / ddprobe)\n")
-    print("| step | trace: PyHessian (products) | minibatch (products) | speed-up | Hutch++ (products) | speed-up "
+    print("| step | trace: PyHessian (products) | minibatch (products) | speed-up | auto: route (products) | seconds "
+          "| speed-up | exact (products) | speed-up | Hutch++ (products) | speed-up "
           "| top-5: PyHessian (products) | Lanczos (products) | speed-up |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    total = {k: sum(r[k] for r in rows) for k in rows[0] if k not in ("steps", "ph_eig_ok")}
+    print("|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    total = {k: sum(r[k] for r in rows) for k in rows[0] if k not in ("steps", "ph_eig_ok", "auto_route")}
+    total["auto_route"] = ""
     ok = [r for r in rows if r["ph_eig_ok"]]  # eigenvalue totals only where PyHessian got within 1 %
     for k in ("ph_eig", "lanczos", "ph_eig_products", "lanczos_products"):
         total[k] = sum(r[k] for r in ok)
@@ -116,14 +118,25 @@ def summarize(rows: list[dict]) -> None:
         eig = (f"{r['ph_eig']:.2f} ({r['ph_eig_products']}) | {r['lanczos']:.2f} ({r['lanczos_products']}) | "
                + (f"{r['ph_eig'] / r['lanczos']:.2f}x" if r["ph_eig_ok"] else "PyHessian never within 1 %"))
         print(f"| {r['steps']} | {r['ph_trace']:.2f} ({r['ph_trace_products']}) | {r['minibatch']:.2f} "
-              f"({r['minibatch_products']}) | {r['ph_trace'] / r['minibatch']:.2f}x | {r['hutchpp']:.2f} "
+              f"({r['minibatch_products']}) | {r['ph_trace'] / r['minibatch']:.2f}x | {r['auto_route']} "
+              f"({r['auto_products']}) | {r['auto']:.2f} | {r['ph_trace'] / r['auto']:.2f}x | {r['exact']:.2f} "
+              f"({r['exact_products']}) | {r['ph_trace'] / r['exact']:.2f}x | {r['hutchpp']:.2f} "
               f"({r['hutchpp_products']}) | {r['ph_trace'] / r['hutchpp']:.2f}x | {eig} |")
 
 def checkpoint(args: argparse.Namespace, steps: int, ph) -> dict:
     """Everything at one checkpoint: the timed table, the calibration, Lanczos from other starts, the bounds."""
     from ddprobe import registry
     from ddprobe.builtin.probe_hessian import PAPER_RECIPE
-    from ddprobe.curvature import HessianOperator, dense_matrix, hutchinson, hutchpp, lanczos, minibatch_trace
+    from ddprobe.curvature import (
+        HessianOperator,
+        auto_trace,
+        dense_matrix,
+        hutchinson,
+        hutchpp,
+        lanczos,
+        minibatch_trace,
+    )
+    from ddprobe.curvature import exact_trace as exact_trace_of
     from ddprobe.training import train
 
     ds = registry.get_dataset("digits")
@@ -198,6 +211,12 @@ def checkpoint(args: argparse.Namespace, steps: int, ph) -> dict:
             if fn is minibatch_trace:
                 est = fn(model, (x, y), batch_size=128, probes_per_batch=2, rtol=0.02, max_products=args.max_products,
                          generator=gen)
+            elif fn is auto_trace:
+                est = fn(HessianOperator(model, (x, y)), rtol=0.02, max_products=args.max_products, generator=gen,
+                         minibatch_size=128)
+                routes.append(est.method)
+            elif fn is exact_trace_of:
+                est = fn(HessianOperator(model, (x, y)))
             else:
                 est = fn(HessianOperator(model, (x, y)), rtol=0.02, max_products=args.max_products, generator=gen, **kw)
             seconds = time.perf_counter() - t0
@@ -232,6 +251,7 @@ def checkpoint(args: argparse.Namespace, steps: int, ph) -> dict:
         return seconds, (res.products, float("nan"), float("nan"),
                          f"max rel. err {agree(res.eigenvalues.numpy()):.1e}; certified: {all(res.converged)}")
 
+    routes: list[str] = []
     TRACE, EIG = "trace, 2 % rel. SE", "top-5 eigenvalues, 1 %"
     PH_TRACE, HPP, HUT, MB = "PyHessian 0.1 Hutchinson", "ddprobe hutchpp (full data)", \
         "ddprobe hutchinson (full data)", "ddprobe minibatch_trace (128 images x 2 probes per round)"
@@ -239,7 +259,11 @@ def checkpoint(args: argparse.Namespace, steps: int, ph) -> dict:
     methods = {(TRACE, PH_TRACE): pyhessian_trace, (TRACE, HPP): ddprobe_trace(hutchpp, sketch=10)}
     if args.full_hutchinson:  # PyHessian's own algorithm: same probes, same cost per product
         methods[(TRACE, HUT)] = ddprobe_trace(hutchinson)
-    methods |= {(TRACE, MB): ddprobe_trace(minibatch_trace), (EIG, PH_EIG): pyhessian_eigen, (EIG, LZ): ddprobe_lanczos}
+    AUTO, EXACT = "ddprobe auto_trace (the minibatch estimator, or the exact trace where predicted faster)", \
+        "ddprobe exact_trace (sum of the diagonal from block products)"
+    methods |= {(TRACE, MB): ddprobe_trace(minibatch_trace), (TRACE, AUTO): ddprobe_trace(auto_trace),
+                (TRACE, EXACT): ddprobe_trace(exact_trace_of), (EIG, PH_EIG): pyhessian_eigen,
+                (EIG, LZ): ddprobe_lanczos}
     times: dict[tuple[str, str], list[float]] = {key: [] for key in methods}
     info: dict[tuple[str, str], tuple] = {}
     for _ in range(args.repeats):
@@ -264,7 +288,9 @@ def checkpoint(args: argparse.Namespace, steps: int, ph) -> dict:
     print("speed-ups (PyHessian median / ddprobe median): "
           f"trace hutchpp {med[TRACE, PH_TRACE] / med[TRACE, HPP]:.2f}x, "
           + (f"hutchinson {med[TRACE, PH_TRACE] / med[TRACE, HUT]:.2f}x, " if args.full_hutchinson else "")
-          + f"minibatch {med[TRACE, PH_TRACE] / med[TRACE, MB]:.2f}x; "
+          + f"minibatch {med[TRACE, PH_TRACE] / med[TRACE, MB]:.2f}x, "
+          f"auto {med[TRACE, PH_TRACE] / med[TRACE, AUTO]:.2f}x "
+          f"({'; '.join(sorted(set(routes)))}), exact {med[TRACE, PH_TRACE] / med[TRACE, EXACT]:.2f}x; "
           f"top-5 eigenvalues {med[EIG, PH_EIG] / med[EIG, LZ]:.2f}x")
 
     # ---- calibration of the minibatch estimator's standard error
@@ -311,6 +337,10 @@ def checkpoint(args: argparse.Namespace, steps: int, ph) -> dict:
             "ph_eig": med[EIG, PH_EIG], "lanczos": med[EIG, LZ], "ph_eig_products": info[EIG, PH_EIG][0],
             "lanczos_products": info[EIG, LZ][0], "ph_trace_products": info[TRACE, PH_TRACE][0],
             "minibatch_products": info[TRACE, MB][0], "hutchpp_products": info[TRACE, HPP][0],
+            "auto": med[TRACE, AUTO], "auto_products": info[TRACE, AUTO][0],
+            "auto_route": "exact" if all(r.startswith("exact") for r in routes) else
+            "minibatch" if not any(r.startswith("exact") for r in routes) else "mixed",
+            "exact": med[TRACE, EXACT], "exact_products": info[TRACE, EXACT][0],
             "ph_eig_ok": "tol" in eig_tol}
 
 if __name__ == "__main__":

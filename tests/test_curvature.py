@@ -10,7 +10,10 @@ from torch.func import functional_call
 from ddprobe.curvature import (
     HessianOperator,
     MatrixOperator,
+    auto_trace,
     dense_matrix,
+    diagonal,
+    exact_trace,
     hutchinson,
     hutchpp,
     lanczos,
@@ -119,6 +122,85 @@ def test_ggn_is_jt_hz_j():
     batched = dense_matrix(HessianOperator(model, (x, y), kind="ggn", batched=True, batch_size=5))
     torch.testing.assert_close(batched, ref, rtol=1e-9, atol=1e-11)
     assert torch.linalg.eigvalsh(got).min() > -1e-10  # PSD
+
+
+class _WithUnused(nn.Module):
+    """A small conv net with a parameter the loss never reaches (its Hessian block is zero)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.GroupNorm(3, 3), nn.Tanh(), nn.Flatten(),
+                                  nn.Linear(3 * 16, 4)).double()
+        self.unused = nn.Linear(2, 2).double()
+
+    def forward(self, x):
+        return self.body(x)
+
+
+@pytest.mark.parametrize("kind", ["hessian", "ggn"])
+@pytest.mark.parametrize("layout", [{}, {"batched": False}, {"batch_size": 7}, {"batch_size": 7, "batched": True}])
+def test_block_products_and_diagonal_match_the_explicit_matrix(kind, layout):
+    model = _WithUnused()
+    g = gen(4)
+    x, y = torch.randn(30, 1, 4, 4, generator=g, dtype=torch.float64), torch.randint(0, 4, (30,), generator=g)
+    ref = dense_matrix(HessianOperator(model, (x, y), kind=kind))
+    if kind == "hessian":
+        torch.testing.assert_close(ref, explicit_hessian(model, x, y), rtol=1e-9, atol=1e-11)
+    op = HessianOperator(model, (x, y), kind=kind, **layout)
+    start = 0
+    for i, n in enumerate(op.numels):
+        v = torch.randn(3, n, generator=g, dtype=torch.float64)
+        torch.testing.assert_close(op.block_matmat(i, v), v @ ref[start : start + n, start : start + n],
+                                   rtol=1e-9, atol=1e-11)
+        start += n
+    op.products = 0
+    torch.testing.assert_close(diagonal(op, block=5), ref.diagonal(), rtol=1e-9, atol=1e-11)
+    assert op.products == op.size
+    est = exact_trace(op)
+    assert est.value == pytest.approx(float(ref.trace()), rel=1e-10) and est.stderr == 0 and est.converged
+    assert est.products == op.size and est.method.startswith("exact")
+
+
+def test_estimators_ask_abandon_once_and_stop_unconverged():
+    r = torch.randn(50, 50, generator=gen(1), dtype=torch.float64)
+    a = r + r.T  # off-diagonal mass: Rademacher samples spread
+    calls = []
+
+    def abandon(seconds, used):
+        calls.append((seconds, used))
+        return True
+
+    est = hutchinson(MatrixOperator(a), rtol=1e-6, min_samples=12, generator=gen(0), abandon=abandon)
+    assert len(calls) == 1 and calls[0][1] == 12 and calls[0][0] > 0
+    assert est.products == 12 and not est.converged
+    calls.clear()
+    est = hutchpp(MatrixOperator(a), rtol=1e-6, sketch=3,
+                  min_samples=10, generator=gen(0), abandon=lambda s, u: calls.append((s, u)) or False,
+                  max_products=40)
+    assert len(calls) == 1 and calls[0][1] == 16 and est.products == 40  # asked once, kept going when told no
+
+
+def test_auto_trace_takes_the_exact_trace_when_the_estimate_would_take_longer():
+    x, y = tiny_data(n=60, d=8)
+    model = tiny_mlp(d=8, hidden=10)
+    true = float(torch.trace(explicit_hessian(model, x, y)))
+    op = HessianOperator(model, (x, y))
+    # 1e-5 relative standard error would take millions of probes; the exact trace takes op.size (= 123) products
+    est = auto_trace(op, rtol=1e-5, max_products=2000, generator=gen(0))
+    assert est.method.startswith("exact") and "hutch++" in est.method and est.stderr == 0
+    assert est.value == pytest.approx(true, rel=1e-10)
+    assert est.products == op.products > op.size  # the abandoned samples and timing products are counted
+    # without room in the budget, or when not allowed, it stays stochastic
+    for kw in ({"max_products": op.size}, {"allow_exact": False, "max_products": 300}):
+        est = auto_trace(HessianOperator(model, (x, y)), rtol=1e-5, generator=gen(0), **kw)
+        assert est.method == "hutch++" and not est.converged
+    # large data: the stochastic route is the minibatch estimator, which a loose target leaves in place
+    est = auto_trace(HessianOperator(model, (x, y)), rtol=0.5, minibatch_size=10, max_products=400, generator=gen(0))
+    assert est.method.startswith("minibatch") and est.converged
+    est = auto_trace(HessianOperator(model, (x, y)), rtol=1e-5, minibatch_size=10, max_products=2000,
+                     generator=gen(0))
+    assert est.method.startswith("exact") and "minibatch" in est.method and est.value == pytest.approx(true, rel=1e-10)
 
 
 @pytest.mark.parametrize("method", ["hutchinson", "hutchpp"])
