@@ -38,6 +38,7 @@ dataloader mode).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -655,19 +656,19 @@ def auto_trace(
         choice["stochastic"] = stochastic_seconds
         return choice["exact"] < stochastic_seconds
 
-    if op.num_examples >= 4 * minibatch_size:
+    minibatches = op.num_examples >= 4 * minibatch_size
+    if minibatches:
         pilot = minibatch_trace(op.model, (op.images, op.labels), batch_size=minibatch_size, probes_per_batch=2,
                                 rtol=rtol, max_products=max_products, generator=generator, loss=op.loss,
                                 kind=op.kind, bn=op.bn, abandon=abandon)
-        spent = pilot.products
     else:
         pilot = hutchpp(op, rtol=rtol, max_products=max_products, generator=generator,
                         sketch=max(1, min(10, max_products // 4)), abandon=abandon)
-        spent = 0  # counted on op
     if not choice or choice["exact"] >= choice["stochastic"]:
-        return pilot
+        # the products that timed the exact route were spent on ``op`` too
+        return dataclasses.replace(pilot, products=op.products - before + (pilot.products if minibatches else 0))
     est = exact_trace(op)
-    spent += op.products - before
+    spent = op.products - before + (pilot.products if minibatches else 0)
     return TraceEstimate(est.value, 0.0, spent, f"exact[diagonal; {pilot.method} abandoned after "
                          f"{pilot.products} products]", True, est.samples, 0.0, rtol)
 

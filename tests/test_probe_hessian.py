@@ -108,3 +108,28 @@ def test_budget_must_leave_room_for_the_trace(make_ctx):
     probe = Hessian()
     with pytest.raises(ValueError, match="raise budget"):
         probe.run(make_ctx(models=SMALL), probe.Options(top_k=10, budget=16))
+
+
+TINY_MLP = {"mlp": ("mlp", {"hidden": 4, "depth": 1})}  # 64*4 + 4 + 4*10 + 10 = 310 parameters
+
+
+def test_exact_estimator_is_the_explicit_trace(make_ctx, random_set):
+    import pytest
+
+    from ddprobe.curvature import HessianOperator, dense_matrix
+
+    ctx = make_ctx(sets={"random1": random_set(1)}, models=TINY_MLP)
+    probe = Hessian()
+    res = probe.run(ctx, probe.Options(recipe={"steps": 2}, checkpoints=[0], estimator="exact", budget=400))
+    traces = res.tables["traces"].set_index("set")
+    assert set(traces.estimator) == {"exact"} and (traces.stderr == 0).all() and (traces.products == 310).all()
+    net = ctx.build_model("mlp", seed_name="hessian")  # step 0: the run's initialization
+    for name, data in {"real": ctx.real.train, "random1": ctx.distilled["random1"]}.items():
+        explicit = float(torch.trace(dense_matrix(HessianOperator(net, data))))
+        assert traces.trace[name] == pytest.approx(explicit, rel=1e-5), name
+    # 'auto' abandons an estimate that cannot reach its target affordably for the exact trace, within budget
+    res = probe.run(ctx, probe.Options(recipe={"steps": 2}, checkpoints=[0], rtol=1e-6, budget=3000))
+    assert set(res.tables["traces"].estimator) == {"exact"}
+    assert res.tables["traces"].set_index("set").trace["real"] == pytest.approx(traces.trace["real"], rel=1e-5)
+    with pytest.raises(ValueError, match="needs one product per parameter: 310 .* at least 310"):
+        probe.run(ctx, probe.Options(recipe={"steps": 2}, checkpoints=[0], estimator="exact", budget=300))

@@ -49,12 +49,14 @@ class Hessian:
             None, ge=1, description="real training examples in the real-data Hessian (one seeded subsample, the same "
             "at every checkpoint); default: the full training set, as the paper",
         )
-        estimator: Literal["auto", "hutchpp", "hutchinson", "minibatch"] = Field(
+        estimator: Literal["auto", "hutchpp", "hutchinson", "minibatch", "exact"] = Field(
             "auto", description="trace estimator: Hutch++ (same expectation as Hutchinson, lower variance), plain "
             "Hutchinson with Rademacher probes (the paper's), 'minibatch': Hutchinson on random minibatches of "
             "minibatch_size examples (unbiased for the full-data trace, its standard error includes the data "
-            "sampling; for large sets), or 'auto' (default): 'minibatch' for sets of at least 4 x minibatch_size "
-            "examples, else Hutch++",
+            "sampling; for large sets), 'exact': the sum of the Hessian's diagonal (one product per parameter, "
+            "each with one layer's diagonal block; needs a budget of at least the parameter count), or 'auto' "
+            "(default): 'minibatch' for sets of at least 4 x minibatch_size examples, else Hutch++, either of them "
+            "abandoned for 'exact' when that is predicted to be faster and fits the budget",
         )
         minibatch_size: int = Field(256, ge=1, description="examples per round of the 'minibatch' estimator")
         rtol: float = Field(0.05, gt=0, description="stop a trace estimate at this relative standard error")
@@ -110,7 +112,16 @@ class Hessian:
 
         import pandas as pd
 
-        from ..curvature import HessianOperator, hutchinson, hutchpp, lanczos, minibatch_trace, subspace_overlap
+        from ..curvature import (
+            HessianOperator,
+            auto_trace,
+            exact_trace,
+            hutchinson,
+            hutchpp,
+            lanczos,
+            minibatch_trace,
+            subspace_overlap,
+        )
 
         if options.stop == "pyhessian-0.1" and options.estimator != "hutchinson":
             raise ValueError("stop = 'pyhessian-0.1' needs estimator = 'hutchinson'")
@@ -168,11 +179,14 @@ class Hessian:
                                          "error_bound": float(eig.error_bounds[r]), "converged": eig.converged[r]})
                 method = options.estimator
                 if method == "auto":
-                    method = "minibatch" if len(data) >= 4 * options.minibatch_size else "hutchpp"
-                if method == "minibatch":
+                    est = auto_trace(op, rtol=options.rtol, max_products=budget, generator=gens[name],
+                                     minibatch_size=options.minibatch_size)
+                    method = next(m for m in ("exact", "minibatch", "hutchpp") if est.method.startswith(m[:5]))
+                elif method == "exact":
+                    est = exact_trace(op)
+                elif method == "minibatch":
                     est = minibatch_trace(state.model, data, batch_size=options.minibatch_size, probes_per_batch=2,
                                           rtol=options.rtol, max_products=budget, generator=gens[name], bn=options.bn)
-                    op.products += est.products
                 elif method == "hutchpp":
                     est = hutchpp(op, rtol=options.rtol, max_products=budget, generator=gens[name],
                                   sketch=max(1, min(10, budget // 4)))
@@ -181,9 +195,10 @@ class Hessian:
                                      if options.stop == "pyhessian-0.1" else budget,
                                      generator=gens[name], stop=options.stop)
                 op.close()
-                used += op.products
+                products = options.budget - budget + est.products  # Lanczos's, then the trace's
+                used += products
                 rows.append({"step": state.step, "set": name, "trace": est.value, "stderr": est.stderr,
-                             "products": op.products, "estimator": method, "converged": est.converged,
+                             "products": products, "estimator": method, "converged": est.converged,
                              "control": name in ctx.controls})
             if options.top_k and "real" in vecs:
                 for name, v in vecs.items():
@@ -196,6 +211,11 @@ class Hessian:
         start = time.perf_counter()
         with ctx.progress.task(f"hessian: {len(steps)} checkpoints x {len(datasets)} sets", total=len(steps)) as task:
             net = ctx.build_model(model_name, seed_name="hessian")
+            size = sum(p.numel() for p in net.parameters() if p.requires_grad)
+            if options.estimator == "exact" and size > options.budget - eigen_budget:
+                raise ValueError(f"estimator = 'exact' needs one product per parameter: {size} for {model_name!r}, "
+                                 f"but budget = {options.budget} leaves {options.budget - eigen_budget} for the trace; "
+                                 f"raise budget to at least {size + eigen_budget} or choose another estimator")
             ctx.train(net, real_train, recipe, seed_name="hessian", callbacks=[evaluate])
         seconds = time.perf_counter() - start
 
