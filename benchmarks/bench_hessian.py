@@ -20,8 +20,11 @@ time is reported.
     ddprobe runs ``hutchpp`` (and, with ``--full-hutchinson``, ``hutchinson``) on the full data and
     ``minibatch_trace`` (the same full-data trace from random 128-image minibatches, unbiased under eval-mode BN,
     its standard error including the data-sampling variance) with ``rtol=0.02`` and stops by itself; its time
-    includes building the graph. ``minibatch_trace`` is also run from ``--calibration-seeds`` seeds to check that
-    its standard error is honest (the exact trace should be within 2 standard errors about 95 % of the time).
+    includes building the graph. ``auto_trace`` (what the ``hessian`` probe's default runs) pilots the minibatch
+    estimator and hands over to ``exact_trace`` (the sum of the diagonal from one diagonal-block product per
+    parameter, standard error 0) when that is predicted faster; ``exact_trace`` is also timed on its own.
+    ``minibatch_trace`` is also run from ``--calibration-seeds`` seeds to check that its standard error is honest
+    (the exact trace should be within 2 standard errors about 95 % of the time).
     Both sides stop at ``--max-products``.
 (2) Time to the top-5 eigenvalues agreeing to 1 % with the explicit ones (eigvalsh of the dense Hessian built from
     ``size``-many products, cached in /tmp). PyHessian: ``eigenvalues(top_n=5)`` with tol 1e-2, then 1e-3 (its
