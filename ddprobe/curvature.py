@@ -284,22 +284,7 @@ class HessianOperator:
 
     def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
         """``[b, size] -> [b, size]``: one product per row."""
-        vectors = vectors.to(device=self.device, dtype=self.dtype)
-        b = int(vectors.shape[0])
-        total = torch.zeros(b, self.size, device=self.device, dtype=self.dtype)
-        with preserved_state(self.model):
-            for chunk in self.chunks:
-                graph = chunk.graph or self._build(chunk)
-                if self.retain:
-                    chunk.graph = graph
-                if self.batched and b > 1:
-                    total += self._flatten(self._product(graph, self._unflatten(vectors), True), (b,))
-                else:
-                    for j in range(b):
-                        total[j] += self._flatten(self._product(graph, self._unflatten(vectors[j]), False), ())
-                del graph
-        self.products += b
-        return total.detach()
+        return self._products(vectors, None)
 
     def block_matmat(self, index: int, vectors: torch.Tensor) -> torch.Tensor:
         """``[b, numel] -> [b, numel]``: products with the diagonal block of parameter ``index`` (H_pp V).
@@ -308,26 +293,38 @@ class HessianOperator:
         blocks of late layers cost a small fraction of a full product (the last layer's about 1 %, measured on the
         benchmark ConvNet). Each row counts as one product.
         """
+        return self._products(vectors, index)
+
+    def _products(self, vectors: torch.Tensor, only: int | None) -> torch.Tensor:
+        """Full products (``only=None``) or products with parameter ``only``'s diagonal block, summed over chunks."""
         vectors = vectors.to(device=self.device, dtype=self.dtype)
-        b, shape = int(vectors.shape[0]), self.shapes[index]
-        total = torch.zeros(b, self.numels[index], device=self.device, dtype=self.dtype)
+        b = int(vectors.shape[0])
+
+        def split(flat: torch.Tensor) -> list[torch.Tensor]:
+            if only is None:
+                return self._unflatten(flat)
+            parts = [flat.new_empty(0)] * len(self.params)  # only parameter ``only``'s part is read
+            parts[only] = flat.reshape(*flat.shape[:-1], *self.shapes[only])
+            return parts
+
+        def join(res: list[torch.Tensor | None], lead: tuple[int, ...]) -> torch.Tensor:
+            if only is None:
+                return self._flatten(res, lead)
+            r = res[only]
+            return torch.zeros(*lead, self.numels[only], device=self.device, dtype=self.dtype) if r is None \
+                else r.reshape(*lead, -1)
+
+        total = torch.zeros(b, self.size if only is None else self.numels[only], device=self.device, dtype=self.dtype)
         with preserved_state(self.model):
             for chunk in self.chunks:
                 graph = chunk.graph or self._build(chunk)
                 if self.retain:
                     chunk.graph = graph
-                full = [torch.empty(0)] * len(self.params)
                 if self.batched and b > 1:
-                    full[index] = vectors.reshape(b, *shape)
-                    r = self._product(graph, full, True, only=index)[index]
-                    if r is not None:
-                        total += r.reshape(b, -1)
+                    total += join(self._product(graph, split(vectors), True, only), (b,))
                 else:
                     for j in range(b):
-                        full[index] = vectors[j].reshape(shape)
-                        r = self._product(graph, full, False, only=index)[index]
-                        if r is not None:
-                            total[j] += r.reshape(-1)
+                        total[j] += join(self._product(graph, split(vectors[j]), False, only), ())
                 del graph
         self.products += b
         return total.detach()

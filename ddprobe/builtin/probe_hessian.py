@@ -181,7 +181,8 @@ class Hessian:
                 if method == "auto":
                     est = auto_trace(op, rtol=options.rtol, max_products=budget, generator=gens[name],
                                      minibatch_size=options.minibatch_size)
-                    method = next(m for m in ("exact", "minibatch", "hutchpp") if est.method.startswith(m[:5]))
+                    method = ("exact" if est.method.startswith("exact") else
+                              "minibatch" if est.method.startswith("minibatch") else "hutchpp")
                 elif method == "exact":
                     est = exact_trace(op)
                 elif method == "minibatch":
