@@ -25,6 +25,7 @@ where ddprobe is installed, so it imports nothing heavy at module level.
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -340,17 +341,20 @@ def check_distiller(distiller: Any, *, real: RealData | None = None, ipc: int = 
     space with int64 (or ``[N, K]`` soft) labels, ``ipc`` per class, detached from any graph; the same set
     for the same seed (bit for bit); the real data untouched; torch's global RNG and grad mode left as found
     (draw randomness from ``ctx.rng(name)``); a save/load round trip that keeps tensors and manifest; clear
-    option errors.
+    option errors. Files go to ``directory`` (default: a temporary directory, removed afterwards).
     """
     import torch
 
     from .data import load_distilled, save_distilled
 
+    if directory is None:  # nothing returned refers to the files: remove them afterwards
+        with tempfile.TemporaryDirectory(prefix="ddprobe-conformance-") as tmp:
+            return check_distiller(distiller, real=real, ipc=ipc, options=options, models=models, directory=tmp)
     what = _label("distiller", distiller)
     check_options(distiller, "distiller")
     real = real or tiny_real()
     opts = _make_options(distiller, options, what)
-    tmp = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="ddprobe-conformance-"))
+    tmp = Path(directory)
     before = _fingerprint(real.train.images, real.train.labels, real.test.images, real.test.labels)
     rng_before, grad_before = _global_rng_state(), torch.is_grad_enabled()
     outputs = []
@@ -473,7 +477,8 @@ def check_probe(probe: Any, *, real: RealData | None = None, options: dict[str, 
     ``ctx.trained`` left in the mode, ``requires_grad`` and ``.grad`` state they were handed out in, with
     unchanged weights; the distilled sets, the real data, torch's global RNG and grad mode untouched; clear
     option errors. Metrics matching a glob in ``timings`` (default: keys containing ``seconds``) are wall-clock
-    measurements and exempt from the determinism check.
+    measurements and exempt from the determinism check. Files go to ``directory`` (default: a temporary
+    directory, of which only the first run's outputs, the returned result's figures, are left).
     """
     import fnmatch
 
@@ -486,7 +491,8 @@ def check_probe(probe: Any, *, real: RealData | None = None, options: dict[str, 
         sets = {"tiny": tiny_distilled(real, 2, seed=0), "tiny_b": tiny_distilled(real, 2, seed=1)}
         sets["tiny_b"].manifest.name = "tiny_b"
     opts = _make_options(probe, options, what)
-    tmp = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="ddprobe-conformance-"))
+    temporary = directory is None
+    tmp = Path(tempfile.mkdtemp(prefix="ddprobe-conformance-")) if temporary else Path(directory)
     data_before = _fingerprint(real.train.images, real.test.images, *[t for ds in sets.values()
                                                                       for t in (ds.images, ds.labels)])
     rng_before, grad_before = _global_rng_state(), torch.is_grad_enabled()
@@ -521,6 +527,9 @@ def check_probe(probe: Any, *, real: RealData | None = None, options: dict[str, 
             x, y = float(a[key]), float(b[key])
             if not (math.isclose(x, y, abs_tol=atol) or (math.isnan(x) and math.isnan(y))):
                 problems.append(f"metric {key!r} differs between two runs with the same seed: {x} vs {y}")
+    if temporary:  # keep the first run's outputs (the returned result's figures), drop caches and the second run
+        for leftover in (tmp / "run0" / "cache", tmp / "run1"):
+            shutil.rmtree(leftover, ignore_errors=True)
     _raise(what, problems)
     return results[0]
 
