@@ -56,6 +56,7 @@ __all__ = [
     "CurvatureOperator", "HessianOperator", "MatrixOperator", "TraceEstimate", "EigenResult", "SpectralDensity",
     "hutchinson", "hutchpp", "minibatch_trace", "trace", "lanczos", "spectral_density", "rademacher", "dense_matrix",
     "subspace_overlap", "preserved_state", "diagonal", "exact_trace", "exact_trace_seconds", "auto_trace",
+    "Deflation",
 ]
 
 
@@ -381,6 +382,28 @@ class TraceEstimate:
         return abs(self.stderr / self.value) if self.value else math.inf
 
 
+@dataclass(frozen=True)
+class Deflation:
+    """Orthonormal directions (rows of ``vectors``, ``[k, size]``) whose part of the trace, Σ vᵢᵀAvᵢ = ``trace``,
+    is already known, so a trace estimator only samples the rest: tr(A) = ``trace`` + tr(PAP), P = I - VᵀV.
+
+    :meth:`from_eigen` takes Lanczos's Ritz vectors, whose Rayleigh quotients are their Ritz values: the top of the
+    spectrum, found anyway when eigenvalues are asked for, deflated at no extra product (Hutch++ without a sketch).
+    """
+
+    vectors: torch.Tensor
+    trace: float
+
+    @classmethod
+    def from_eigen(cls, eig: EigenResult) -> Deflation:
+        return cls(eig.eigenvectors, float(eig.eigenvalues.sum()))
+
+    def project(self, v: torch.Tensor) -> torch.Tensor:
+        """``v`` with its components along the directions removed (rows)."""
+        q = self.vectors.to(device=v.device, dtype=v.dtype)
+        return v - (v @ q.T) @ q
+
+
 def _stderr(samples: list[float]) -> float:
     if len(samples) < 2:
         return math.inf
@@ -468,6 +491,7 @@ def hutchpp(
     block: int = 1,
     generator: torch.Generator | None = None,
     abandon: Callable[[float, int], bool] | None = None,
+    deflate: Deflation | None = None,
 ) -> TraceEstimate:
     """Hutch++ (Meyer, Musco, Musco, Woodruff 2021), adaptive in its last stage.
 
@@ -475,25 +499,31 @@ def hutchpp(
     computed exactly (``sketch`` more products), and the remainder tr((I-QQᵀ)A(I-QQᵀ)) by Hutchinson with
     projected Rademacher probes until the stated relative precision (or the budget). The standard error is that
     of the remainder estimate, conditional on Q. Default sketch: ``min(20, max_products // 4)``.
-    ``abandon``: see :func:`auto_trace`.
+    ``deflate``: use these known directions instead of a sketch (no sketch products). ``abandon``: see
+    :func:`auto_trace`.
     """
-    k = sketch if sketch is not None else max(1, min(20, max_products // 4))
-    k = min(k, op.size)
-    _check_budget(max_products, 2 * k + 2, "hutchpp")
-    S = rademacher(k, op.size, generator, op.device, op.dtype)
-    Y = op.matmat(S)
-    Q, _ = torch.linalg.qr(Y.T.double())
-    Q = Q.to(op.dtype)  # [n, k]
-    AQ = op.matmat(Q.T.contiguous())
-    exact = float((Q.T * AQ).sum().double())
-    used = 2 * k
+    method = "hutch++" if deflate is None else "hutch++[deflated]"
+    if deflate is None:
+        k = sketch if sketch is not None else max(1, min(20, max_products // 4))
+        k = min(k, op.size)
+        _check_budget(max_products, 2 * k + 2, "hutchpp")
+        S = rademacher(k, op.size, generator, op.device, op.dtype)
+        Y = op.matmat(S)
+        Q, _ = torch.linalg.qr(Y.T.double())
+        Q = Q.to(op.dtype)  # [n, k]
+        AQ = op.matmat(Q.T.contiguous())
+        deflate = Deflation(Q.T.contiguous(), float((Q.T * AQ).sum().double()))
+        used = 2 * k
+    else:
+        _check_budget(max_products, 2, "hutchpp")
+        used = 0
+    exact = deflate.trace
     samples: list[float] = []
     converged = False
     pilot = _Pilot(abandon, rtol, min_samples)
     while used < max_products:
         b = max(1, min(block, max_products - used))
-        v = rademacher(b, op.size, generator, op.device, op.dtype)
-        v = v - (v @ Q) @ Q.T
+        v = deflate.project(rademacher(b, op.size, generator, op.device, op.dtype))
         av = op.matmat(v)
         used += b
         samples.extend((v * av).sum(1).double().cpu().tolist())
@@ -504,7 +534,7 @@ def hutchpp(
         if pilot.gives_up(samples, total, used):
             break
     value = exact + (float(np.mean(samples)) if samples else 0.0)
-    return TraceEstimate(value, _stderr(samples), used, "hutch++", converged or rtol is None,
+    return TraceEstimate(value, _stderr(samples), used, method, converged or rtol is None,
                          np.asarray(samples), exact, rtol)
 
 
@@ -522,6 +552,7 @@ def minibatch_trace(
     kind: Literal["hessian", "ggn"] = "hessian",
     bn: Literal["eval", "batch"] = "eval",
     abandon: Callable[[float, int], bool] | None = None,
+    deflate: Deflation | None = None,
 ) -> TraceEstimate:
     """Doubly stochastic Hutchinson: tr(H) of the mean loss over ``data`` from random minibatches and probes.
 
@@ -531,7 +562,8 @@ def minibatch_trace(
     error (from the iid per-round means) includes the data-sampling variance. A product on a batch costs
     ``batch_size / N`` of a full-data product, so when the probe variance dominates this reaches a given precision in
     much less time. ``products`` counts batch products; ``samples`` holds the per-round means.
-    ``abandon``: see :func:`auto_trace`.
+    ``deflate``: known directions of the full-data Hessian; rounds then sample only the projected remainder
+    (E[tr(P H_B P)] = tr(P H P), still unbiased). ``abandon``: see :func:`auto_trace`.
     """
     images, labels = (data.images, data.labels) if hasattr(data, "images") else data
     n = int(images.shape[0])
@@ -541,25 +573,29 @@ def minibatch_trace(
     rounds: list[float] = []
     used = 0
     converged = False
+    exact = deflate.trace if deflate is not None else 0.0
     pilot = _Pilot(abandon, rtol, min_batches)
     while used + probes_per_batch <= max_products:
         idx = torch.randperm(n, generator=generator)[:b]
         op = HessianOperator(model, (images[idx.to(images.device)], labels[idx.to(labels.device)]), loss=loss,
                              kind=kind, bn=bn, retain=True)
         v = rademacher(probes_per_batch, op.size, generator, op.device, op.dtype)
+        if deflate is not None:
+            v = deflate.project(v)
         rounds.append(float((v * op.matmat(v)).sum(1).double().mean()))
         op.close()
         used += probes_per_batch
-        mean = float(np.mean(rounds))
-        if rtol is not None and len(rounds) >= min_batches and _stderr(rounds) <= rtol * abs(mean):
+        total = exact + float(np.mean(rounds))
+        if rtol is not None and len(rounds) >= min_batches and _stderr(rounds) <= rtol * abs(total):
             converged = True
             break
-        if pilot.gives_up(rounds, mean, used):
+        if pilot.gives_up(rounds, total, used):
             break
     if not rounds:
         raise ValueError(f"max_products {max_products} < probes_per_batch {probes_per_batch}")
-    return TraceEstimate(float(np.mean(rounds)), _stderr(rounds), used, f"minibatch-hutchinson[b={b}]",
-                         converged or rtol is None, np.asarray(rounds), 0.0, rtol)
+    method = f"minibatch-hutchinson[b={b}{', deflated' if deflate is not None else ''}]"
+    return TraceEstimate(exact + float(np.mean(rounds)), _stderr(rounds), used, method,
+                         converged or rtol is None, np.asarray(rounds), exact, rtol)
 
 
 def _blocks(op: CurvatureOperator) -> list[int]:
@@ -628,6 +664,7 @@ def auto_trace(
     generator: torch.Generator | None = None,
     minibatch_size: int = 256,
     allow_exact: bool = True,
+    deflate: Deflation | None = None,
 ) -> TraceEstimate:
     """The trace to relative standard error ``rtol`` by whichever route is predicted to be fastest.
 
@@ -640,7 +677,8 @@ def auto_trace(
     on the benchmark ConvNet, against ~1000 cheap block products for the exact value).
 
     The estimators' ``abandon(seconds_left, products_used)`` hook is how: each calls it once, when it has its minimum
-    number of samples, and stops there (unconverged) if it returns True.
+    number of samples, and stops there (unconverged) if it returns True. ``deflate`` goes to the stochastic route
+    (Hutch++ then needs no sketch).
     """
     before = op.products
     choice: dict[str, float] = {}
@@ -657,10 +695,10 @@ def auto_trace(
     if minibatches:
         pilot = minibatch_trace(op.model, (op.images, op.labels), batch_size=minibatch_size, probes_per_batch=2,
                                 rtol=rtol, max_products=max_products, generator=generator, loss=op.loss,
-                                kind=op.kind, bn=op.bn, abandon=abandon)
+                                kind=op.kind, bn=op.bn, abandon=abandon, deflate=deflate)
     else:
         pilot = hutchpp(op, rtol=rtol, max_products=max_products, generator=generator,
-                        sketch=max(1, min(10, max_products // 4)), abandon=abandon)
+                        sketch=max(1, min(10, max_products // 4)), abandon=abandon, deflate=deflate)
     if not choice or choice["exact"] >= choice["stochastic"]:
         # the products that timed the exact route were spent on ``op`` too
         return dataclasses.replace(pilot, products=op.products - before + (pilot.products if minibatches else 0))

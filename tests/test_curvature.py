@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from ddprobe.curvature import (
+    Deflation,
     HessianOperator,
     MatrixOperator,
     auto_trace,
@@ -201,6 +203,32 @@ def test_auto_trace_takes_the_exact_trace_when_the_estimate_would_take_longer():
     est = auto_trace(HessianOperator(model, (x, y)), rtol=1e-5, minibatch_size=10, max_products=2000,
                      generator=gen(0))
     assert est.method.startswith("exact") and "minibatch" in est.method and est.value == pytest.approx(true, rel=1e-10)
+
+
+def test_ritz_vectors_deflate_the_trace_exactly_and_cut_its_variance():
+    x, y = tiny_data(n=60, d=8)
+    model = tiny_mlp(d=8, hidden=10)
+    h = explicit_hessian(model, x, y)
+    true = float(torch.trace(h))
+    op = HessianOperator(model, (x, y))
+    eig = lanczos(op, 4, tol=1e-3, generator=gen(0))
+    defl = Deflation.from_eigen(eig)
+    v = defl.vectors
+    # the Ritz values are the Ritz vectors' exact share of the trace, and the directions are orthonormal
+    assert defl.trace == pytest.approx(float(torch.trace(v @ h @ v.T)), rel=1e-9)
+    torch.testing.assert_close(v @ v.T, torch.eye(4, dtype=v.dtype), rtol=0, atol=1e-9)
+    before = op.products
+    est = hutchpp(op, rtol=0.01, max_products=2000, generator=gen(1), deflate=defl)
+    assert est.method == "hutch++[deflated]" and est.exact_part == defl.trace
+    assert est.products == op.products - before == len(est.samples)  # no sketch products
+    assert abs(est.value - true) <= 3 * est.stderr
+    rest = h - v.T @ (v @ h @ v.T) @ v
+    plain = hutchinson(op, rtol=None, max_products=200, generator=gen(2))
+    assert np.var(est.samples) < np.var(plain.samples)  # the large eigenvalues no longer spread the samples
+    assert float(np.mean(est.samples)) == pytest.approx(float(torch.trace(rest)), abs=4 * est.stderr)
+    mb = minibatch_trace(model, (x, y), batch_size=15, rtol=0.02, max_products=4000, generator=gen(3), deflate=defl)
+    assert "deflated" in mb.method and mb.exact_part == defl.trace
+    assert abs(mb.value - true) <= 3 * mb.stderr
 
 
 @pytest.mark.parametrize("method", ["hutchinson", "hutchpp"])

@@ -68,7 +68,9 @@ class Hessian:
             200, ge=8, description="most Hessian-vector products per set and checkpoint (eigenvalues + trace)",
         )
         top_k: int = Field(0, ge=0, description="also the top-k eigenvalues by Lanczos, and the overlap of the real "
-                           "and each distilled top-k eigenspace")
+                           "and each distilled top-k eigenspace; the trace estimate (all estimators but 'hutchinson' "
+                           "and 'exact') then samples only the rest of the spectrum, the Ritz values being the top "
+                           "directions' exact share (Hutch++ needs no sketch)")
         eigen_tol: float = Field(1e-3, gt=0,
                                  description="Lanczos tolerance: each eigenvalue's certified error bound, relative to "
                                              "the largest |eigenvalue|")
@@ -113,6 +115,7 @@ class Hessian:
         import pandas as pd
 
         from ..curvature import (
+            Deflation,
             HessianOperator,
             auto_trace,
             exact_trace,
@@ -167,11 +170,13 @@ class Hessian:
             for name, data in datasets.items():
                 op = HessianOperator(state.model, data, bn=options.bn, batch_size=options.hvp_batch)
                 budget = options.budget
+                deflate = None
                 if options.top_k:
                     eig = lanczos(op, options.top_k, tol=options.eigen_tol, generator=gens[name],
                                   max_iter=eigen_budget)
                     budget -= eig.products
                     vecs[name] = eig.eigenvectors
+                    deflate = Deflation.from_eigen(eig)  # the trace estimate samples only the rest of the spectrum
                     for r in range(len(eig.eigenvalues)):
                         eig_rows.append({"step": state.step, "set": name, "rank": r + 1,
                                          "eigenvalue": float(eig.eigenvalues[r]),
@@ -180,17 +185,18 @@ class Hessian:
                 method = options.estimator
                 if method == "auto":
                     est = auto_trace(op, rtol=options.rtol, max_products=budget, generator=gens[name],
-                                     minibatch_size=options.minibatch_size)
+                                     minibatch_size=options.minibatch_size, deflate=deflate)
                     method = ("exact" if est.method.startswith("exact") else
                               "minibatch" if est.method.startswith("minibatch") else "hutchpp")
                 elif method == "exact":
                     est = exact_trace(op)
                 elif method == "minibatch":
                     est = minibatch_trace(state.model, data, batch_size=options.minibatch_size, probes_per_batch=2,
-                                          rtol=options.rtol, max_products=budget, generator=gens[name], bn=options.bn)
+                                          rtol=options.rtol, max_products=budget, generator=gens[name], bn=options.bn,
+                                          deflate=deflate)
                 elif method == "hutchpp":
                     est = hutchpp(op, rtol=options.rtol, max_products=budget, generator=gens[name],
-                                  sketch=max(1, min(10, budget // 4)))
+                                  sketch=max(1, min(10, budget // 4)), deflate=deflate)
                 else:
                     est = hutchinson(op, rtol=options.rtol, max_products=min(budget, 100)
                                      if options.stop == "pyhessian-0.1" else budget,
