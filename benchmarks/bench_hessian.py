@@ -49,8 +49,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def oracle_lanczos(dense: np.ndarray, top5: np.ndarray, seeds: int, max_iter: int = 60) -> list[int]:
     """For each random start: the first Lanczos step whose top-5 Ritz values are all within 1 % of ``top5``."""
@@ -128,8 +126,8 @@ def summarize(rows: list[dict]) -> None:
 
 def checkpoint(args: argparse.Namespace, steps: int, ph) -> dict:
     """Everything at one checkpoint: the timed table, the calibration, Lanczos from other starts, the bounds."""
-    from ddprobe import registry
-    from ddprobe.builtin.probe_hessian import PAPER_RECIPE
+    from curvature_setup import digits_convnet
+
     from ddprobe.curvature import (
         HessianOperator,
         auto_trace,
@@ -140,17 +138,8 @@ def checkpoint(args: argparse.Namespace, steps: int, ph) -> dict:
         minibatch_trace,
     )
     from ddprobe.curvature import exact_trace as exact_trace_of
-    from ddprobe.training import train
 
-    ds = registry.get_dataset("digits")
-    real = ds.load(ds.Options(), REPO)
-    x, y = real.train.images, real.train.labels
-    mp = registry.get_model("convnet")
-    torch.manual_seed(args.seed)
-    net = mp.build(mp.Options(width=args.width, depth=2), real.input_shape, real.num_classes)
-    train(net, real.train, PAPER_RECIPE.model_copy(update={"steps": steps}),
-          generator=torch.Generator().manual_seed(args.seed))
-    net.eval()
+    net, x, y = digits_convnet(steps, width=args.width, seed=args.seed)
     size = sum(p.numel() for p in net.parameters())
     print(f"# ConvNet width {args.width} depth 2: {size} parameters; {len(x)} images; checkpoint after "
           f"{steps} steps; torch threads {args.threads}; {args.repeats} interleaved repeats, median time")

@@ -15,11 +15,8 @@ import argparse
 import copy
 import statistics
 import time
-from pathlib import Path
 
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -30,19 +27,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from ddprobe import registry
-    from ddprobe.builtin.probe_hessian import PAPER_RECIPE
-    from ddprobe.curvature import HessianOperator
-    from ddprobe.training import train
+    from curvature_setup import digits_convnet
 
-    ds = registry.get_dataset("digits")
-    real = ds.load(ds.Options(), REPO)
-    x, y = real.train.images, real.train.labels
-    mp = registry.get_model("convnet")
-    torch.manual_seed(0)
-    net = mp.build(mp.Options(width=8, depth=2), real.input_shape, real.num_classes)
-    train(net, real.train, PAPER_RECIPE.model_copy(update={"steps": 30}), generator=torch.Generator().manual_seed(0))
-    net.eval()
+    from ddprobe.curvature import HessianOperator
+
+    net, x, y = digits_convnet(steps=30)
 
     print("| examples | block | one at a time (ms per product) | batched (ms per product) | batched speed-up "
           "| max rel. diff |")

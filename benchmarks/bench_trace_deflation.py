@@ -20,8 +20,6 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -30,24 +28,14 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from ddprobe import registry
-    from ddprobe.builtin.probe_hessian import PAPER_RECIPE
-    from ddprobe.curvature import Deflation, HessianOperator, dense_matrix, lanczos, minibatch_trace
-    from ddprobe.training import train
+    from curvature_setup import digits_convnet
 
-    ds = registry.get_dataset("digits")
-    real = ds.load(ds.Options(), REPO)
-    x, y = real.train.images, real.train.labels
-    mp = registry.get_model("convnet")
+    from ddprobe.curvature import Deflation, HessianOperator, dense_matrix, lanczos, minibatch_trace
     print("| step | exact trace | top-5 share | Lanczos products | plain: products, s (median) | deflated: products, s "
           "(median) | speed-up | exact within 2 SE (plain / deflated) |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for steps in map(int, args.steps.split(",")):
-        torch.manual_seed(0)
-        net = mp.build(mp.Options(width=8, depth=2), real.input_shape, real.num_classes)
-        train(net, real.train, PAPER_RECIPE.model_copy(update={"steps": steps}),
-              generator=torch.Generator().manual_seed(0))
-        net.eval()
+        net, x, y = digits_convnet(steps)
         cached = Path(f"/tmp/ddprobe-bench-hessian-w8-s{steps}-seed0.pt")
         dense = torch.load(cached) if cached.exists() else dense_matrix(HessianOperator(net, (x, y)))
         exact = float(dense.trace())
