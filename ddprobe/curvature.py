@@ -111,10 +111,6 @@ def preserved_state(model: nn.Module, restore_buffers: bool = False) -> Iterator
             m._buffers[name] = b
 
 
-def _has_batchnorm(model: nn.Module) -> bool:
-    return bool(batchnorm_layers(model))
-
-
 # ------------------------------------------------------------------------------------------------------ operators
 class MatrixOperator:
     """An explicit symmetric matrix as a curvature operator (tests, and small problems)."""
@@ -210,7 +206,7 @@ class HessianOperator:
         self.chunks = [
             _Chunk(images[s : s + bs], labels[s : s + bs], min(bs, n - s) / n) for s in range(0, n, bs)
         ]
-        if bn == "batch" and len(self.chunks) > 1 and _has_batchnorm(model):
+        if bn == "batch" and len(self.chunks) > 1 and batchnorm_layers(model):
             raise ValueError(
                 "bn='batch' couples the examples of a batch, so the Hessian over several chunks is not the Hessian "
                 "of one loss; use bn='eval' or batch_size=None"
@@ -568,7 +564,7 @@ def minibatch_trace(
     images, labels = (data.images, data.labels) if hasattr(data, "images") else data
     n = int(images.shape[0])
     b = min(batch_size, n)
-    if bn == "batch" and _has_batchnorm(model) and b < n:
+    if bn == "batch" and batchnorm_layers(model) and b < n:
         raise ValueError("bn='batch' makes a minibatch Hessian a different loss's Hessian; use bn='eval'")
     rounds: list[float] = []
     used = 0
@@ -620,8 +616,8 @@ def diagonal(op: CurvatureOperator, *, block: int = 64) -> torch.Tensor:
         for s in range(0, numel, block):
             m = min(block, numel - s)
             eye = torch.zeros(m, numel, device=op.device, dtype=op.dtype)
-            eye[torch.arange(m), torch.arange(s, s + m)] = 1
-            out.append(_unit_block_products(op, index, eye)[torch.arange(m), torch.arange(s, s + m)])
+            eye.diagonal(s).fill_(1)  # rows e_s ... e_{s+m-1}
+            out.append(_unit_block_products(op, index, eye).diagonal(s))
     return torch.cat(out)
 
 
@@ -681,15 +677,14 @@ def auto_trace(
     (Hutch++ then needs no sketch).
     """
     before = op.products
-    choice: dict[str, float] = {}
+    switched = False
 
     def abandon(stochastic_seconds: float, used: int) -> bool:
+        nonlocal switched
         spent = used + len(_blocks(op))  # the pilot's products, and one timed product per block
-        if not allow_exact or op.size > max_products - spent:
-            return False
-        choice["exact"] = exact_trace_seconds(op, limit=stochastic_seconds)
-        choice["stochastic"] = stochastic_seconds
-        return choice["exact"] < stochastic_seconds
+        if allow_exact and op.size <= max_products - spent:
+            switched = exact_trace_seconds(op, limit=stochastic_seconds) < stochastic_seconds
+        return switched
 
     minibatches = op.num_examples >= 4 * minibatch_size
     if minibatches:
@@ -699,13 +694,13 @@ def auto_trace(
     else:
         pilot = hutchpp(op, rtol=rtol, max_products=max_products, generator=generator,
                         sketch=max(1, min(10, max_products // 4)), abandon=abandon, deflate=deflate)
-    if not choice or choice["exact"] >= choice["stochastic"]:
-        # the products that timed the exact route were spent on ``op`` too
-        return dataclasses.replace(pilot, products=op.products - before + (pilot.products if minibatches else 0))
-    est = exact_trace(op)
+    exact = exact_trace(op) if switched else None
+    # products on ``op`` (Hutch++'s, the timing ones, the exact trace's) and the minibatch pilot's own
     spent = op.products - before + (pilot.products if minibatches else 0)
-    return TraceEstimate(est.value, 0.0, spent, f"exact[diagonal; {pilot.method} abandoned after "
-                         f"{pilot.products} products]", True, est.samples, 0.0, rtol)
+    if exact is None:
+        return dataclasses.replace(pilot, products=spent)
+    return dataclasses.replace(exact, products=spent, rtol=rtol,
+                               method=f"exact[diagonal; {pilot.method} abandoned after {pilot.products} products]")
 
 
 def trace(op: CurvatureOperator, method: str = "hutchpp", **kwargs: Any) -> TraceEstimate:
