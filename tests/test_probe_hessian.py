@@ -6,6 +6,7 @@ import torch
 
 from ddprobe import registry
 from ddprobe.builtin.probe_hessian import PAPER_RECIPE, Hessian, ema
+from ddprobe.cache import Cache
 
 SMALL = {"convnet": ("convnet", {"width": 8, "depth": 2})}
 
@@ -47,9 +48,51 @@ def test_probe_end_to_end(make_ctx, random_set):
     eigen = res.tables["eigen"]
     assert len(eigen) == 2 * 2 * 2
     assert bool((eigen.error_bound <= eigen.residual).all())
-    # deterministic for the study seed
-    again = probe.run(make_ctx(sets={"random2": random_set(2)}, models=SMALL), opts)
+    # deterministic for the study seed: recomputed (not read from the cache), the same numbers
+    fresh = make_ctx(sets={"random2": random_set(2)}, models=SMALL)
+    fresh.cache = Cache(fresh.cache.root, read=False)
+    again = probe.run(fresh, opts)
+    assert again.info["estimates_from_cache"] == 0
     assert again.tables["traces"].trace.tolist() == traces.trace.tolist()
+    assert again.tables["eigen"].eigenvalue.tolist() == eigen.eigenvalue.tolist()
+
+
+def test_interrupted_run_resumes_at_the_first_unfinished_checkpoint(make_ctx, random_set, tmp_path, monkeypatch):
+    """The paper's analysis runs for hours: a study stopped mid-probe computes only what is left when rerun, and
+    ends with exactly the numbers of an uninterrupted run."""
+    import pytest
+
+    opts = Hessian.Options(recipe={"steps": 4}, checkpoints=1, real_subsample=100, budget=24, rtol=0.5, top_k=2)
+    whole = Hessian().run(make_ctx(sets={"random2": random_set(2)}, models=SMALL), opts)
+
+    calls = []
+    measure = Hessian._measure
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if interrupt_at is not None and len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(Hessian, "_measure", staticmethod(counted))
+    ctx = make_ctx(sets={"random2": random_set(2)}, models=SMALL)
+    ctx.cache = Cache(tmp_path / "interrupted")
+    interrupt_at = 7  # 2 sets per checkpoint: steps 0, 1, 2 are done, step 3 is not
+    with pytest.raises(KeyboardInterrupt):
+        Hessian().run(ctx, opts)
+    calls.clear()
+    interrupt_at = None
+    resumed = Hessian().run(ctx, opts)
+    assert len(calls) == 4  # steps 3 and 4, both sets
+    assert resumed.info["estimates_from_cache"] == 6
+    for table in ("traces", "eigen", "overlap"):
+        assert resumed.tables[table].equals(whole.tables[table]), table
+    assert resumed.metrics == whole.metrics
+
+    # another choice of checkpoints among those measured computes nothing
+    calls.clear()
+    Hessian().run(ctx, opts.model_copy(update={"checkpoints": [0, 2, 4]}))
+    assert calls == []
 
 
 def test_measuring_does_not_change_the_training_run(make_ctx, digits):

@@ -11,6 +11,10 @@ from ..training import RecipeOverride, TrainRecipe
 
 #: The paper's real-data run (A.8): shuffled batches of 256, SGD lr 0.01 momentum 0.9, 300 steps, no augmentation.
 PAPER_RECIPE = TrainRecipe(optimizer="sgd", lr=0.01, momentum=0.9, steps=300, batch_size=256)
+#: Cache kind of one set's measurements at one checkpoint.
+CACHE_KIND = "hessian-checkpoints"
+#: The trace estimators a row can report (``auto`` reports the one it ran).
+ESTIMATORS = ("exact", "minibatch", "hutchpp", "hutchinson")
 
 
 def ema(values: list[float], decay: float = 0.9, steps: list[int] | None = None) -> list[float]:
@@ -114,17 +118,7 @@ class Hessian:
 
         import pandas as pd
 
-        from ..curvature import (
-            Deflation,
-            HessianOperator,
-            auto_trace,
-            exact_trace,
-            hutchinson,
-            hutchpp,
-            lanczos,
-            minibatch_trace,
-            subspace_overlap,
-        )
+        from ..curvature import subspace_overlap
 
         if options.stop == "pyhessian-0.1" and options.estimator != "hutchinson":
             raise ValueError("stop = 'pyhessian-0.1' needs estimator = 'hutchinson'")
@@ -155,12 +149,17 @@ class Hessian:
             idx = torch.randperm(len(real_train), generator=ctx.rng("hessian:real-subsample"))
             real_data = real_train.subset(idx[: options.real_subsample].sort().values)
         datasets = {"real": real_data.to(ctx.device), **{n: ds.to(ctx.device) for n, ds in sets.items()}}
-        gens = {n: ctx.rng(f"hessian:probes:{n}") for n in datasets}
+        # Each (set, checkpoint) is one cache entry with its own generator, so an interrupted run resumes at the
+        # first checkpoint it had not finished and a study that adds a set or checkpoints computes only those.
+        base = {"model": ctx.models[model_name].key(), "recipe": recipe.key(), "seed": ctx.seed, "real": ctx.data_key,
+                "options": options.model_dump(mode="json", exclude={"model", "sets", "recipe", "checkpoints"})}
+        identity = {"real": "real", **{n: ds.manifest.sha256 for n, ds in sets.items()}}
         rows: list[dict] = []
         eig_rows: list[dict] = []
         ov_rows: list[dict] = []
         per_checkpoint: list[int] = []
         wanted = set(steps)
+        hits_before = ctx.cache.hits[CACHE_KIND]
 
         def evaluate(state) -> None:
             if state.step not in wanted:
@@ -168,46 +167,20 @@ class Hessian:
             used = 0
             vecs = {}
             for name, data in datasets.items():
-                op = HessianOperator(state.model, data, bn=options.bn, batch_size=options.hvp_batch)
-                budget = options.budget
-                deflate = None
-                if options.top_k:
-                    eig = lanczos(op, options.top_k, tol=options.eigen_tol, generator=gens[name],
-                                  max_iter=eigen_budget)
-                    budget -= eig.products
-                    vecs[name] = eig.eigenvectors
-                    deflate = Deflation.from_eigen(eig)  # the trace estimate samples only the rest of the spectrum
-                    for r in range(len(eig.eigenvalues)):
-                        eig_rows.append({"step": state.step, "set": name, "rank": r + 1,
-                                         "eigenvalue": float(eig.eigenvalues[r]),
-                                         "residual": float(eig.residuals[r]),
-                                         "error_bound": float(eig.error_bounds[r]), "converged": eig.converged[r]})
-                method = options.estimator
-                if method == "auto":
-                    est = auto_trace(op, rtol=options.rtol, max_products=budget, generator=gens[name],
-                                     minibatch_size=options.minibatch_size, deflate=deflate)
-                    method = ("exact" if est.method.startswith("exact") else
-                              "minibatch" if est.method.startswith("minibatch") else "hutchpp")
-                elif method == "exact":
-                    est = exact_trace(op)
-                elif method == "minibatch":
-                    est = minibatch_trace(state.model, data, batch_size=options.minibatch_size, probes_per_batch=2,
-                                          rtol=options.rtol, max_products=budget, generator=gens[name], bn=options.bn,
-                                          deflate=deflate)
-                elif method == "hutchpp":
-                    est = hutchpp(op, rtol=options.rtol, max_products=budget, generator=gens[name],
-                                  sketch=max(1, min(10, budget // 4)), deflate=deflate)
-                else:
-                    est = hutchinson(op, rtol=options.rtol, max_products=min(budget, 100)
-                                     if options.stop == "pyhessian-0.1" else budget,
-                                     generator=gens[name], stop=options.stop)
-                op.close()
-                products = options.budget - budget + est.products  # Lanczos's, then the trace's
-                used += products
-                rows.append({"step": state.step, "set": name, "trace": est.value, "stderr": est.stderr,
-                             "products": products, "estimator": method, "converged": est.converged,
-                             "control": name in ctx.controls})
-            if options.top_k and "real" in vecs:
+                parts = {**base, "data": identity[name], "step": state.step}
+                got = ctx.cache.tensors(CACHE_KIND, parts, lambda name=name, data=data: self._measure(
+                    state.model, data, options, ctx.rng(f"hessian:probes:{name}:{state.step}"), eigen_budget))
+                value, stderr, products, converged = got["trace"].tolist()
+                used += int(products)
+                rows.append({"step": state.step, "set": name, "trace": value, "stderr": stderr,
+                             "products": int(products), "estimator": ESTIMATORS[int(got["estimator"])],
+                             "converged": bool(converged), "control": name in ctx.controls})
+                if "eigen" in got:
+                    vecs[name] = got["eigenvectors"]
+                    for r, (lam, res, bound, ok) in enumerate(got["eigen"].tolist()):
+                        eig_rows.append({"step": state.step, "set": name, "rank": r + 1, "eigenvalue": lam,
+                                         "residual": res, "error_bound": bound, "converged": bool(ok)})
+            if "real" in vecs:
                 for name, v in vecs.items():
                     if name != "real":
                         ov_rows.append({"step": state.step, "set": name, "k": options.top_k,
@@ -268,8 +241,60 @@ class Hessian:
             "stop": options.stop, "rtol": options.rtol, "budget_per_set_and_checkpoint": options.budget,
             "products_per_checkpoint": per_checkpoint, "real_examples": len(real_data), "bn": options.bn,
             "unconverged_estimates": int((~table.converged.astype(bool)).sum()), "seconds": seconds,
+            "estimates_from_cache": ctx.cache.hits[CACHE_KIND] - hits_before,
         }
         return ProbeResult(metrics, tables, {"traces": fig}, summary, info)
+
+    @staticmethod
+    def _measure(model, data, options: Options, generator, eigen_budget: int) -> dict:
+        """One set at one checkpoint: top-k eigenpairs (optional), then the trace, within ``options.budget``."""
+        import torch
+
+        from ..curvature import (
+            Deflation,
+            HessianOperator,
+            auto_trace,
+            exact_trace,
+            hutchinson,
+            hutchpp,
+            lanczos,
+            minibatch_trace,
+        )
+
+        op = HessianOperator(model, data, bn=options.bn, batch_size=options.hvp_batch)
+        budget = options.budget
+        deflate = None
+        out = {}
+        if options.top_k:
+            eig = lanczos(op, options.top_k, tol=options.eigen_tol, generator=generator, max_iter=eigen_budget)
+            budget -= eig.products
+            deflate = Deflation.from_eigen(eig)  # the trace estimate samples only the rest of the spectrum
+            out["eigen"] = torch.stack([eig.eigenvalues, eig.residuals, eig.error_bounds,
+                                        torch.tensor(eig.converged, dtype=torch.float64)], dim=1)
+            out["eigenvectors"] = eig.eigenvectors.cpu()
+        method = options.estimator
+        if method == "auto":
+            est = auto_trace(op, rtol=options.rtol, max_products=budget, generator=generator,
+                             minibatch_size=options.minibatch_size, deflate=deflate)
+            method = ("exact" if est.method.startswith("exact") else
+                      "minibatch" if est.method.startswith("minibatch") else "hutchpp")
+        elif method == "exact":
+            est = exact_trace(op)
+        elif method == "minibatch":
+            est = minibatch_trace(model, data, batch_size=options.minibatch_size, probes_per_batch=2,
+                                  rtol=options.rtol, max_products=budget, generator=generator, bn=options.bn,
+                                  deflate=deflate)
+        elif method == "hutchpp":
+            est = hutchpp(op, rtol=options.rtol, max_products=budget, generator=generator,
+                          sketch=max(1, min(10, budget // 4)), deflate=deflate)
+        else:
+            est = hutchinson(op, rtol=options.rtol, max_products=min(budget, 100)
+                             if options.stop == "pyhessian-0.1" else budget, generator=generator, stop=options.stop)
+        op.close()
+        products = options.budget - budget + est.products  # Lanczos's, then the trace's
+        out["trace"] = torch.tensor([est.value, est.stderr, products, float(est.converged)], dtype=torch.float64)
+        out["estimator"] = torch.tensor(ESTIMATORS.index(method))
+        return out
 
     def _figure(self, ctx, curves, steps):
         from ..report.figures import color, plt, save
