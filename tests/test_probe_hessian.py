@@ -7,6 +7,7 @@ import torch
 from ddprobe import registry
 from ddprobe.builtin.probe_hessian import PAPER_RECIPE, Hessian, ema
 from ddprobe.cache import Cache
+from ddprobe.plan import PlanContext
 
 SMALL = {"convnet": ("convnet", {"width": 8, "depth": 2})}
 
@@ -80,6 +81,14 @@ def test_interrupted_run_resumes_at_the_first_unfinished_checkpoint(make_ctx, ra
     interrupt_at = 7  # 2 sets per checkpoint: steps 0, 1, 2 are done, step 3 is not
     with pytest.raises(KeyboardInterrupt):
         Hessian().run(ctx, opts)
+
+    def planned() -> list[tuple[int, bool]]:  # (checkpoints to measure, cached) per set, as `ddprobe plan` sees it
+        pctx = PlanContext(ctx.seed, ctx.real, ctx.models, ctx.recipe, ctx.pretrain_recipe, ctx.cache, ctx.data_key,
+                           "cpu", sets={n: {"sha256": ds.manifest.sha256, "images": len(ds)}
+                                        for n, ds in ctx.distilled.items()})
+        return [(item.count, item.cached) for item in Hessian().plan(pctx, opts) if item.kind == "hvp"]
+
+    assert planned() == [(2, False), (2, False)]  # real and random2: steps 3 and 4 are left
     calls.clear()
     interrupt_at = None
     resumed = Hessian().run(ctx, opts)
@@ -88,6 +97,7 @@ def test_interrupted_run_resumes_at_the_first_unfinished_checkpoint(make_ctx, ra
     for table in ("traces", "eigen", "overlap"):
         assert resumed.tables[table].equals(whole.tables[table]), table
     assert resumed.metrics == whole.metrics
+    assert planned() == [(0, True), (0, True)]
 
     # another choice of checkpoints among those measured computes nothing
     calls.clear()

@@ -30,6 +30,20 @@ def ema(values: list[float], decay: float = 0.9, steps: list[int] | None = None)
     return out
 
 
+def checkpoint_steps(options, total: int) -> list[int]:
+    """The steps the probe measures at, ascending, within a run of ``total`` steps."""
+    if isinstance(options.checkpoints, int):
+        return sorted(set(range(0, total + 1, options.checkpoints)) | {total})
+    return sorted({s for s in options.checkpoints if s <= total})
+
+
+def cache_base(ctx, model: str, recipe: TrainRecipe, options) -> dict:
+    """What a cached measurement depends on besides its set and step: the run's model, recipe and seed, the real
+    data, and the measuring options (the checkpoint list and set selection only say which entries are needed)."""
+    return {"model": ctx.models[model].key(), "recipe": recipe.key(), "seed": ctx.seed, "real": ctx.data_key,
+            "options": options.model_dump(mode="json", exclude={"model", "sets", "recipe", "checkpoints"})}
+
+
 class Hessian:
     name = "hessian"
     conformance_options = {"recipe": {"steps": 4}, "checkpoints": 2, "real_subsample": 50, "budget": 10}
@@ -96,21 +110,28 @@ class Hessian:
             return v
 
     def plan(self, ctx, options: Options):
-        """One real-data run, then at each checkpoint a budget of Hessian-vector products on real data and sets."""
+        """One real-data run, then at each checkpoint not yet cached a budget of products on real data and sets."""
         model = options.model or next(iter(ctx.models))
         recipe = options.recipe.apply(PAPER_RECIPE)
         total = recipe.total_steps(len(ctx.real.train))
-        if isinstance(options.checkpoints, int):
-            checkpoints = len(set(range(0, total + 1, options.checkpoints)) | {total})
-        else:
-            checkpoints = len({s for s in options.checkpoints if s <= total})
+        steps = checkpoint_steps(options, total)
+        base = cache_base(ctx, model, recipe, options)
+
+        def uncached(identity: str | None) -> int:
+            if identity is None:  # a set not made yet: nothing of it can be cached
+                return len(steps)
+            return sum(not ctx.cache.has(CACHE_KIND, ctx.cache.key(CACHE_KIND, {**base, "data": identity, "step": s}))
+                       for s in steps)
+
         real_n = min(options.real_subsample or len(ctx.real.train), len(ctx.real.train))
-        items = [ctx.train_item(model, len(ctx.real.train), recipe, f"real-data {model} run of {total} steps"),
-                 ctx.hvp_item(model, real_n, options.budget, f"<= {options.budget} products on {real_n} real images",
-                              checkpoints)]
-        for set_name in ctx.select_sets(options.sets):
+        items = [ctx.train_item(model, len(ctx.real.train), recipe, f"real-data {model} run of {total} steps")]
+        todo = uncached("real")
+        items.append(ctx.hvp_item(model, real_n, options.budget, f"<= {options.budget} products on {real_n} real "
+                                  "images", todo, cached=not todo))
+        for set_name, info in ctx.select_sets(options.sets).items():
+            todo = uncached(info.get("sha256"))
             items.append(ctx.hvp_item(model, ctx.set_size(set_name), options.budget,
-                                      f"<= {options.budget} products on {set_name}", checkpoints))
+                                      f"<= {options.budget} products on {set_name}", todo, cached=not todo))
         return items
 
     def run(self, ctx, options: Options) -> ProbeResult:
@@ -130,12 +151,9 @@ class Hessian:
         recipe = options.recipe.apply(PAPER_RECIPE)
         real_train = ctx.real.train
         total = recipe.total_steps(len(real_train))
-        if isinstance(options.checkpoints, int):
-            steps = sorted(set(range(0, total + 1, options.checkpoints)) | {total})
-        else:
-            steps = sorted({s for s in options.checkpoints if s <= total})
-            if not steps:
-                raise ValueError(f"no checkpoint step is within the run's {total} steps")
+        steps = checkpoint_steps(options, total)
+        if not steps:
+            raise ValueError(f"no checkpoint step is within the run's {total} steps")
         sets = ctx.select_sets(options.sets)
         for name, ds in sets.items():
             space = getattr(ds.manifest, "input_space", None)
@@ -151,8 +169,7 @@ class Hessian:
         datasets = {"real": real_data.to(ctx.device), **{n: ds.to(ctx.device) for n, ds in sets.items()}}
         # Each (set, checkpoint) is one cache entry with its own generator, so an interrupted run resumes at the
         # first checkpoint it had not finished and a study that adds a set or checkpoints computes only those.
-        base = {"model": ctx.models[model_name].key(), "recipe": recipe.key(), "seed": ctx.seed, "real": ctx.data_key,
-                "options": options.model_dump(mode="json", exclude={"model", "sets", "recipe", "checkpoints"})}
+        base = cache_base(ctx, model_name, recipe, options)
         identity = {"real": "real", **{n: ds.manifest.sha256 for n, ds in sets.items()}}
         rows: list[dict] = []
         eig_rows: list[dict] = []
