@@ -31,7 +31,8 @@ class StudySection(BaseModel):
     plugins: list[str] = Field([], description="plugin .py files to load, relative to the spec file")
     control: bool = Field(True, description="add a random-real control set for each images-per-class")
     cache_dir: str | None = Field(None, description="artifact cache (default $DDPROBE_CACHE_DIR or ~/.cache/ddprobe)")
-    workers: int = Field(1, ge=1, description="worker processes for bags of independent trainings")
+    workers: int = Field(1, ge=1, description="worker processes (CPU) for independent units of work: retrainings, "
+                                              "Hessian checkpoints")
 
 
 class ReportSection(BaseModel):

@@ -105,6 +105,31 @@ def test_interrupted_run_resumes_at_the_first_unfinished_checkpoint(make_ctx, ra
     assert calls == []
 
 
+def test_worker_processes_give_the_same_numbers(make_ctx, random_set, tmp_path, monkeypatch):
+    """With [study] workers > 1 the checkpoints are measured in worker processes, each from the checkpoint's weights
+    and its own generator: the same tables as measuring in the training process."""
+    opts = Hessian.Options(recipe={"steps": 4}, checkpoints=1, real_subsample=100, budget=24, rtol=0.5, top_k=2)
+    from ddprobe import executor
+
+    batches = []
+    original = executor.process_map
+    monkeypatch.setattr(executor, "process_map", lambda fn, items, **kw: batches.append(
+        (len(items), kw["workers"])) or original(fn, items, **kw))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the workers, so that reductions add in the same order
+    try:
+        serial = Hessian().run(make_ctx(sets={"random2": random_set(2)}, models=SMALL), opts)
+        ctx = make_ctx(sets={"random2": random_set(2)}, models=SMALL)
+        ctx.cache, ctx.workers = Cache(tmp_path / "workers"), 2
+        parallel = Hessian().run(ctx, opts)
+    finally:
+        torch.set_num_threads(threads)
+    assert parallel.info["estimates_from_cache"] == 0 and ctx.cache.misses["hessian-checkpoints"] == 10
+    assert batches == [(4, 2), (4, 2), (2, 2)]  # 2 checkpoints x 2 sets at a time, the last one alone
+    for table in ("traces", "eigen", "overlap"):
+        assert parallel.tables[table].equals(serial.tables[table]), table
+
+
 def test_measuring_does_not_change_the_training_run(make_ctx, digits):
     """The run with curvature checkpoints ends at exactly the same weights as one without."""
     from ddprobe.curvature import HessianOperator, hutchpp, lanczos

@@ -171,39 +171,55 @@ class Hessian:
         # first checkpoint it had not finished and a study that adds a set or checkpoints computes only those.
         base = cache_base(ctx, model_name, recipe, options)
         identity = {"real": "real", **{n: ds.manifest.sha256 for n, ds in sets.items()}}
-        rows: list[dict] = []
-        eig_rows: list[dict] = []
-        ov_rows: list[dict] = []
-        per_checkpoint: list[int] = []
-        wanted = set(steps)
+        measured: dict[tuple[int, str], dict] = {}  # (step, set) -> the measurement's tensors
+        pending: list[tuple] = []  # (step, set, weights, generator name): measurements for the worker processes
+        parallel = ctx.workers > 1 and ctx.device == "cpu"
+        shared: dict = {}
         hits_before = ctx.cache.hits[CACHE_KIND]
 
-        def evaluate(state) -> None:
-            if state.step not in wanted:
+        def parts(name: str, step: int) -> dict:
+            return {**base, "data": identity[name], "step": step}
+
+        def store(step: int, name: str, tensors: dict) -> None:
+            ctx.cache.save_tensors(CACHE_KIND, ctx.cache.key(CACHE_KIND, parts(name, step)), tensors,
+                                   parts(name, step))
+            measured[step, name] = tensors
+
+        def flush() -> None:
+            if not pending:
                 return
-            used = 0
-            vecs = {}
+            from ..executor import process_map
+
+            results = process_map(_measure_in_worker, pending, workers=ctx.workers, shared=shared)
+            for (step, name, _, _), tensors in zip(pending, results, strict=True):
+                store(step, name, tensors)
+            task.advance(len({step for step, *_ in pending}))
+            pending.clear()
+
+        def evaluate(state) -> None:
+            if state.step not in steps:
+                return
+            weights = None
             for name, data in datasets.items():
-                parts = {**base, "data": identity[name], "step": state.step}
-                got = ctx.cache.tensors(CACHE_KIND, parts, lambda name=name, data=data: self._measure(
-                    state.model, data, options, ctx.rng(f"hessian:probes:{name}:{state.step}"), eigen_budget))
-                value, stderr, products, converged = got["trace"].tolist()
-                used += int(products)
-                rows.append({"step": state.step, "set": name, "trace": value, "stderr": stderr,
-                             "products": int(products), "estimator": ESTIMATORS[int(got["estimator"])],
-                             "converged": bool(converged), "control": name in ctx.controls})
-                if "eigen" in got:
-                    vecs[name] = got["eigenvectors"]
-                    for r, (lam, res, bound, ok) in enumerate(got["eigen"].tolist()):
-                        eig_rows.append({"step": state.step, "set": name, "rank": r + 1, "eigenvalue": lam,
-                                         "residual": res, "error_bound": bound, "converged": bool(ok)})
-            if "real" in vecs:
-                for name, v in vecs.items():
-                    if name != "real":
-                        ov_rows.append({"step": state.step, "set": name, "k": options.top_k,
-                                        "overlap": subspace_overlap(vecs["real"], v)})
-            per_checkpoint.append(used)
-            task.advance()
+                key = ctx.cache.key(CACHE_KIND, parts(name, state.step))
+                found = ctx.cache.load_tensors(CACHE_KIND, key)
+                if found is not None:
+                    ctx.cache.hits[CACHE_KIND] += 1
+                    measured[state.step, name] = found
+                    continue
+                ctx.cache.misses[CACHE_KIND] += 1
+                rng_name = f"hessian:probes:{name}:{state.step}"
+                if parallel:
+                    if weights is None:
+                        weights = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
+                    pending.append((state.step, name, weights, rng_name))
+                else:
+                    store(state.step, name, self._measure(state.model, data, options, ctx.rng(rng_name),
+                                                          eigen_budget))
+            if weights is None:
+                task.advance()
+            if len({step for step, *_ in pending}) >= ctx.workers:
+                flush()
 
         start = time.perf_counter()
         with ctx.progress.task(f"hessian: {len(steps)} checkpoints x {len(datasets)} sets", total=len(steps)) as task:
@@ -213,8 +229,40 @@ class Hessian:
                 raise ValueError(f"estimator = 'exact' needs one product per parameter: {size} for {model_name!r}, "
                                  f"but budget = {options.budget} leaves {options.budget - eigen_budget} for the trace; "
                                  f"raise budget to at least {size + eigen_budget} or choose another estimator")
+            if parallel:
+                import copy
+
+                shared.update(net=copy.deepcopy(net), datasets=datasets, options=options, eigen_budget=eigen_budget,
+                              seed=ctx.seed)
             ctx.train(net, real_train, recipe, seed_name="hessian", callbacks=[evaluate])
+            flush()
         seconds = time.perf_counter() - start
+
+        rows: list[dict] = []
+        eig_rows: list[dict] = []
+        ov_rows: list[dict] = []
+        per_checkpoint: list[int] = []
+        for step in steps:
+            used = 0
+            vecs = {}
+            for name in datasets:
+                got = measured[step, name]
+                value, stderr, products, converged = got["trace"].tolist()
+                used += int(products)
+                rows.append({"step": step, "set": name, "trace": value, "stderr": stderr,
+                             "products": int(products), "estimator": ESTIMATORS[int(got["estimator"])],
+                             "converged": bool(converged), "control": name in ctx.controls})
+                if "eigen" in got:
+                    vecs[name] = got["eigenvectors"]
+                    for r, (lam, res, bound, ok) in enumerate(got["eigen"].tolist()):
+                        eig_rows.append({"step": step, "set": name, "rank": r + 1, "eigenvalue": lam,
+                                         "residual": res, "error_bound": bound, "converged": bool(ok)})
+            if "real" in vecs:
+                for name, v in vecs.items():
+                    if name != "real":
+                        ov_rows.append({"step": step, "set": name, "k": options.top_k,
+                                        "overlap": subspace_overlap(vecs["real"], v)})
+            per_checkpoint.append(used)
 
         table = pd.DataFrame(rows)
         table["ema"] = float("nan")
@@ -332,6 +380,19 @@ class Hessian:
             ax.set_ylabel("Trace")
         axes[1].legend(fontsize=8, frameon=False)
         return save(fig, ctx.figure_path("traces"))
+
+
+def _measure_in_worker(shared: dict, item: tuple) -> dict:
+    """One (set, checkpoint) measurement in a worker process: the checkpoint's weights in a copy of the network."""
+    import copy
+
+    from ..rng import torch_generator
+
+    step, name, weights, rng_name = item
+    net = copy.deepcopy(shared["net"])
+    net.load_state_dict(weights)
+    return Hessian._measure(net, shared["datasets"][name], shared["options"],
+                            torch_generator(shared["seed"], rng_name), shared["eigen_budget"])
 
 
 PROBES = (Hessian,)
