@@ -92,6 +92,16 @@ class _Pilot:
         return bool(abandon(max(0.0, need - len(samples)) * per_sample, used))
 
 
+def _settled(samples: list[float], exact: float, rtol: float | None, min_samples: int, pilot: _Pilot,
+             used: int) -> tuple[bool, bool]:
+    """``(stop, converged)`` after a new sample of the part beyond ``exact``: at ``rtol`` relative standard error of
+    the total (with at least ``min_samples``), or when the pilot's ``abandon`` hook says so."""
+    total = exact + float(np.mean(samples))
+    if rtol is not None and len(samples) >= min_samples and _stderr(samples) <= rtol * abs(total):
+        return True, True
+    return pilot.gives_up(samples, total, used), False
+
+
 def hutchinson(
     op: CurvatureOperator,
     *,
@@ -186,11 +196,8 @@ def hutchpp(
         av = op.matmat(v)
         used += b
         samples.extend((v * av).sum(1).double().cpu().tolist())
-        total = exact + float(np.mean(samples))
-        if rtol is not None and len(samples) >= min_samples and _stderr(samples) <= rtol * abs(total):
-            converged = True
-            break
-        if pilot.gives_up(samples, total, used):
+        stop, converged = _settled(samples, exact, rtol, min_samples, pilot, used)
+        if stop:
             break
     value = exact + (float(np.mean(samples)) if samples else 0.0)
     return TraceEstimate(value, _stderr(samples), used, method, converged or rtol is None,
@@ -244,11 +251,8 @@ def minibatch_trace(
         rounds.append(float((v * op.matmat(v)).sum(1).double().mean()))
         op.close()
         used += probes_per_batch
-        total = exact + float(np.mean(rounds))
-        if rtol is not None and len(rounds) >= min_batches and _stderr(rounds) <= rtol * abs(total):
-            converged = True
-            break
-        if pilot.gives_up(rounds, total, used):
+        stop, converged = _settled(rounds, exact, rtol, min_batches, pilot, used)
+        if stop:
             break
     if not rounds:
         raise ValueError(f"max_products {max_products} < probes_per_batch {probes_per_batch}")
