@@ -139,11 +139,10 @@ def hutchinson(
                 converged = True
                 break
             prev = mean
-        elif rtol is not None and len(samples) >= min_samples and _stderr(samples) <= rtol * abs(mean):
-            converged = True
-            break
-        elif stop == "precision" and pilot.gives_up(samples, mean, len(samples)):
-            break
+        else:
+            done, converged = _settled(samples, 0.0, rtol, min_samples, pilot, len(samples))
+            if done:
+                break
     value = float(np.mean(samples))
     return TraceEstimate(value, _stderr(samples), len(samples), f"hutchinson[{stop}]",
                          converged if (rtol is not None or stop != "precision") else True,
@@ -196,8 +195,8 @@ def hutchpp(
         av = op.matmat(v)
         used += b
         samples.extend((v * av).sum(1).double().cpu().tolist())
-        stop, converged = _settled(samples, exact, rtol, min_samples, pilot, used)
-        if stop:
+        done, converged = _settled(samples, exact, rtol, min_samples, pilot, used)
+        if done:
             break
     value = exact + (float(np.mean(samples)) if samples else 0.0)
     return TraceEstimate(value, _stderr(samples), used, method, converged or rtol is None,
@@ -251,8 +250,8 @@ def minibatch_trace(
         rounds.append(float((v * op.matmat(v)).sum(1).double().mean()))
         op.close()
         used += probes_per_batch
-        stop, converged = _settled(rounds, exact, rtol, min_batches, pilot, used)
-        if stop:
+        done, converged = _settled(rounds, exact, rtol, min_batches, pilot, used)
+        if done:
             break
     if not rounds:
         raise ValueError(f"max_products {max_products} < probes_per_batch {probes_per_batch}")
