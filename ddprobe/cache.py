@@ -91,16 +91,26 @@ class Cache:
     def load_meta(self, kind: str, key: str) -> Any:
         return json.loads((self.path(kind, key) / "meta.json").read_text())
 
-    def tensors(self, kind: str, parts: Any, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Get cached tensors for ``parts`` or compute, store and return them."""
-        key = self.key(kind, parts)
-        found = self.load_tensors(kind, key)
+    def lookup_tensors(self, kind: str, parts: Any) -> dict[str, torch.Tensor] | None:
+        """The cached tensors for ``parts`` (counted as a hit), or ``None`` (counted as a miss)."""
+        found = self.load_tensors(kind, self.key(kind, parts))
         if found is not None:
             self.hits[kind] += 1
+        else:
+            self.misses[kind] += 1
+        return found
+
+    def store_tensors(self, kind: str, parts: Any, tensors: dict[str, torch.Tensor]) -> None:
+        """Store tensors computed after a :meth:`lookup_tensors` miss (when computing is deferred, e.g. to workers)."""
+        self.save_tensors(kind, self.key(kind, parts), tensors, parts)
+
+    def tensors(self, kind: str, parts: Any, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Get cached tensors for ``parts`` or compute, store and return them."""
+        found = self.lookup_tensors(kind, parts)
+        if found is not None:
             return found
-        self.misses[kind] += 1
         out = compute()
-        self.save_tensors(kind, key, out, parts)
+        self.store_tensors(kind, parts, out)
         return out
 
     # -- models ----------------------------------------------------------------------------------------------

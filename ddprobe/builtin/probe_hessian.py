@@ -44,6 +44,11 @@ def cache_base(ctx, model: str, recipe: TrainRecipe, options) -> dict:
             "options": options.model_dump(mode="json", exclude={"model", "sets", "recipe", "checkpoints"})}
 
 
+def unit_parts(base: dict, data: str, step: int) -> dict:
+    """The cache key parts of one measurement: ``data`` ("real" or a set's hash) at ``step``."""
+    return {**base, "data": data, "step": step}
+
+
 class Hessian:
     name = "hessian"
     conformance_options = {"recipe": {"steps": 4}, "checkpoints": 2, "real_subsample": 50, "budget": 10}
@@ -120,7 +125,7 @@ class Hessian:
         def uncached(identity: str | None) -> int:
             if identity is None:  # a set not made yet: nothing of it can be cached
                 return len(steps)
-            return sum(not ctx.cache.has(CACHE_KIND, ctx.cache.key(CACHE_KIND, {**base, "data": identity, "step": s}))
+            return sum(not ctx.cache.has(CACHE_KIND, ctx.cache.key(CACHE_KIND, unit_parts(base, identity, s)))
                        for s in steps)
 
         real_n = min(options.real_subsample or len(ctx.real.train), len(ctx.real.train))
@@ -177,12 +182,8 @@ class Hessian:
         shared: dict = {}
         hits_before = ctx.cache.hits[CACHE_KIND]
 
-        def parts(name: str, step: int) -> dict:
-            return {**base, "data": identity[name], "step": step}
-
         def store(step: int, name: str, tensors: dict) -> None:
-            ctx.cache.save_tensors(CACHE_KIND, ctx.cache.key(CACHE_KIND, parts(name, step)), tensors,
-                                   parts(name, step))
+            ctx.cache.store_tensors(CACHE_KIND, unit_parts(base, identity[name], step), tensors)
             measured[step, name] = tensors
 
         def flush() -> None:
@@ -201,13 +202,10 @@ class Hessian:
                 return
             weights = None
             for name, data in datasets.items():
-                key = ctx.cache.key(CACHE_KIND, parts(name, state.step))
-                found = ctx.cache.load_tensors(CACHE_KIND, key)
+                found = ctx.cache.lookup_tensors(CACHE_KIND, unit_parts(base, identity[name], state.step))
                 if found is not None:
-                    ctx.cache.hits[CACHE_KIND] += 1
                     measured[state.step, name] = found
                     continue
-                ctx.cache.misses[CACHE_KIND] += 1
                 rng_name = f"hessian:probes:{name}:{state.step}"
                 if parallel:
                     if weights is None:
