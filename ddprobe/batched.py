@@ -18,7 +18,6 @@ ways on the device at hand and keeps the faster; the choice is remembered per de
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -307,26 +306,15 @@ def choose_mode(ctx: Any, model_name: str, jobs: Sequence[TrainJob], recipe: Tra
 
 def measure(ctx: Any, model_name: str, jobs: Sequence[TrainJob], recipe: TrainRecipe, steps: int = 3) -> dict:
     """Seconds per model-step, stacked and one by one, after one warm-up step of each (for ``auto``)."""
-    import torch
-
-    def sync() -> None:
-        if str(ctx.device).startswith("cuda"):
-            torch.cuda.synchronize()
+    from .timing import timed
 
     jobs = list(jobs)
     ids = list(range(len(jobs)))
     _train_stacked(ctx, model_name, jobs, ids, recipe, None, 1, lambda i, n: None, max_steps=1)
-    sync()
-    t0 = time.perf_counter()
-    _train_stacked(ctx, model_name, jobs, ids, recipe, None, 1, lambda i, n: None, max_steps=steps)
-    sync()
-    stacked = (time.perf_counter() - t0) / (len(jobs) * steps)
+    stacked = timed(lambda: _train_stacked(ctx, model_name, jobs, ids, recipe, None, 1, lambda i, n: None,
+                                           max_steps=steps), ctx.device) / (len(jobs) * steps)
     _train_one(ctx, model_name, 0, jobs[0], recipe, None, 1, lambda i, n: None, max_steps=1)
-    sync()
-    t0 = time.perf_counter()
     reps = min(3, len(jobs))
-    for j in range(reps):
-        _train_one(ctx, model_name, j, jobs[j], recipe, None, 1, lambda i, n: None, max_steps=steps)
-    sync()
-    single = (time.perf_counter() - t0) / (reps * steps)
+    single = timed(lambda: [_train_one(ctx, model_name, j, jobs[j], recipe, None, 1, lambda i, n: None,
+                                       max_steps=steps) for j in range(reps)], ctx.device) / (reps * steps)
     return {"batched": stacked, "sequential": single}

@@ -18,7 +18,6 @@ steps. They are rough (within a factor of two or three); their point is to tell 
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -156,6 +155,7 @@ class Throughput:
         import torch
 
         from .rng import seeded_init
+        from .timing import timed
         from .training import loss_fn
 
         with seeded_init(0, "plan:throughput"):
@@ -172,14 +172,7 @@ class Throughput:
             opt.step()
 
         one()
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(3):
-            one()
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) / 3
+        return timed(lambda: [one() for _ in range(3)], self.device) / 3
 
     def estimate(self, item: PlanItem) -> float | None:
         if item.seconds is not None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 
+from ..timing import timed
 from .operators import CurvatureOperator
 from .trace import TraceEstimate
 
@@ -55,15 +55,10 @@ def exact_trace_seconds(op: CurvatureOperator, limit: float = math.inf) -> float
     Blocks are timed in parameter order (the first layers' blocks cost the most) and the sum is returned as soon as it
     passes ``limit``: a lower bound is enough to reject the exact route. Costs the products it times.
     """
-    sync = torch.cuda.synchronize if op.device.type == "cuda" else (lambda: None)
     total = 0.0
     for index, numel in enumerate(_blocks(op)):
         v = torch.ones(1, numel, device=op.device, dtype=op.dtype)
-        sync()
-        t = time.perf_counter()
-        _unit_block_products(op, index, v)
-        sync()
-        total += (time.perf_counter() - t) * numel
+        total += timed(lambda: _unit_block_products(op, index, v), op.device) * numel  # noqa: B023 (called at once)
         if total > limit:
             break
     return total
