@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .findings import Finding
+
 
 @dataclass
 class ProbeResult:
@@ -19,6 +21,7 @@ class ProbeResult:
     figures: dict[str, Path] = field(default_factory=dict)
     summary: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
 
 
 @dataclass
@@ -27,8 +30,8 @@ class Check:
 
     metric: str
     op: str
-    threshold: float
-    value: float | None
+    threshold: float | str
+    value: float | str | None
     passed: bool
     message: str = ""
 
@@ -84,6 +87,13 @@ class StudyResults:
     output_dir: Path
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+
+    @property
+    def findings(self) -> list[Finding]:
+        """Every probe's findings, each beside the random-real control's verdict (see ddprobe.findings)."""
+        from .findings.collect import study_findings
+
+        return study_findings(self.probes, self.distilled)
 
     @property
     def exit_code(self) -> int:

@@ -326,6 +326,7 @@ def parse_spec(raw: dict[str, Any], path: Path | None = None, raw_bytes: bytes |
         if opts is None:
             continue
         _check_references(opts, where, models, distilled, problems)
+        _check_finding_expectations(plugin, expects, where, distilled, problems)
         probes.append(ProbeSpec(pid, kind, plugin, opts, expects))
 
     report = _validate(ReportSection, raw.get("report", {}), "report", problems) or ReportSection()
@@ -335,6 +336,24 @@ def parse_spec(raw: dict[str, Any], path: Path | None = None, raw_bytes: bytes |
     if problems or data is None:
         raise SpecError(problems or ["data: invalid"], file=file)
     return Spec(path, sha, study, data, train, pretrain, models, distilled, probes, report, raw)
+
+
+def _check_finding_expectations(plugin: Any, expects: list[Expectation], where: str, distilled: dict,
+                                problems: list[str]) -> None:
+    """A ``finding:<id>/<set>`` expectation must name a finding the probe declares and a set the study has."""
+    import re
+
+    declared = [f.id for f in getattr(plugin, "findings", ())]
+    sets = set(distilled) | {f"random_ipc{d.ipc}" for d in distilled.values() if getattr(d, "ipc", None)}
+    for e in expects:
+        if not e.is_finding:
+            continue
+        if e.finding_id not in declared:
+            hint = suggest(e.finding_id, declared) if declared else f"probe kind {plugin.name!r} declares no findings"
+            problems.append(f"{where}.expect.{e.metric}: no finding {e.finding_id!r}; {hint}")
+        if e.finding_set not in sets and not re.fullmatch(r"random_ipc\d+", e.finding_set):
+            problems.append(f"{where}.expect.{e.metric}: no set {e.finding_set!r} in this study; "
+                            f"{suggest(e.finding_set, sets)}")
 
 
 def _validate_plugin_options(options_model: type[BaseModel], table: dict, where: str, valid: list[str],

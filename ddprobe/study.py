@@ -159,6 +159,7 @@ def _store_probe(ctx: StudyContext, key: str, record: ProbeRecord) -> None:
         (d / "record.json").write_text(json.dumps({
             "metrics": record.result.metrics, "summary": record.result.summary, "info": record.result.info,
             "figures": figures, "tables": list(record.result.tables), "seconds": record.seconds,
+            "findings": [f.to_json() for f in record.result.findings],
         }, default=str))
 
     ctx.cache.store_directory("probe-results", key, fill)
@@ -179,7 +180,10 @@ def _load_probe(ctx: StudyContext, key: str, probe: ProbeSpec) -> ProbeRecord | 
         shutil.copy(d / f"figure-{name}.png", target)
         figures[name] = target
     tables = {name: pd.read_csv(d / f"table-{name}.csv") for name in data["tables"]}
-    result = ProbeResult(data["metrics"], tables, figures, data["summary"], data.get("info", {}))
+    from .findings import Finding
+
+    result = ProbeResult(data["metrics"], tables, figures, data["summary"], data.get("info", {}),
+                         [Finding.from_json(f) for f in data.get("findings", [])])
     return ProbeRecord(probe.id, probe.kind, "ok", data["seconds"], result, cached=True)
 
 
@@ -206,7 +210,7 @@ def run_probe(study: Study, probe: ProbeSpec, use_cache: bool = True) -> ProbeRe
     if record.status == "ok":
         checks: list[Check] = []
         for expectation in probe.expect:
-            checks.extend(expectation.check(record.result.metrics))
+            checks.extend(expectation.check(record.result.metrics, record.result.findings))
         record.checks = checks
     ctx.probe_id = ""
     return record

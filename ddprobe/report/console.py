@@ -15,6 +15,9 @@ def _fmt(v: Any) -> str:
 def print_report(results: StudyResults, console: Any) -> None:
     from rich.table import Table
 
+    from .findings import print_findings
+
+    print_findings(results, console)
     sets = Table(title="distilled sets", title_justify="left")
     for col in ("set", "distiller", "ipc", "images", "seconds", "status"):
         sets.add_column(col, justify="left" if col in ("set", "distiller", "status") else "right")

@@ -7,13 +7,15 @@ import html
 from pathlib import Path
 
 from ..results import StudyResults
+from .findings import html_findings
 from .json_report import to_dict
 from .tables import metric_matrices
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.fail{color:#b00020;font-weight:bold}
-.ok{color:#137333}img{max-width:100%;border:1px solid #eee;margin:.4em 0}code{background:#f6f6f6;padding:1px 4px}
+.ok{color:#137333}.warn{color:#9a6700}
+img{max-width:100%;border:1px solid #eee;margin:.4em 0}code{background:#f6f6f6;padding:1px 4px}
 .error{background:#fde7e9;padding:.5em;border-radius:4px}"""
 
 
@@ -29,7 +31,8 @@ def render(results: StudyResults) -> str:
              f"<style>{STYLE}</style></head><body><h1>ddprobe study <code>{e(results.name)}</code></h1>",
              f"<p>seed {results.seed} · {e(str(data['provenance'].get('device')))} · "
              f"torch {e(str(data['provenance'].get('torch')))} · {results.seconds:.1f} s · exit code "
-             f"{results.exit_code}</p><h2>Distilled sets</h2><table><tr><th>set</th><th>distiller</th><th>ipc</th>"
+             f"{results.exit_code}</p>", html_findings(results),
+             "<h2>Distilled sets</h2><table><tr><th>set</th><th>distiller</th><th>ipc</th>"
              "<th>images</th><th>seconds</th><th>status</th></tr>"]
     for name, d in data["distilled"].items():
         secs = "" if d["seconds"] is None else f"{d['seconds']:.1f}"

@@ -26,6 +26,7 @@ def to_dict(results: StudyResults) -> dict[str, Any]:
             "summary": p.result.summary,
             "metrics": {k: _num(float(v)) for k, v in p.result.metrics.items()},
             "checks": [{k: _num(v) for k, v in c.to_json().items()} for c in p.checks],
+            "findings": [f.id + "/" + f.set for f in p.result.findings],
             "tables": {name: f"tables/{p.id}-{name}.csv" for name in p.result.tables},
             "figures": {name: _rel(path, out) for name, path in p.result.figures.items()},
             "info": p.result.info,
@@ -42,6 +43,7 @@ def to_dict(results: StudyResults) -> dict[str, Any]:
                    "source": d.source, "status": d.status, "error": d.error}
             for name, d in results.distilled.items()
         },
+        "findings": [f.to_json() for f in results.findings],
         "probes": probes,
         "errors": results.errors,
         "exit_code": results.exit_code,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..results import StudyResults
+from .findings import markdown_findings
 from .json_report import to_dict
 from .tables import metric_matrices
 
@@ -14,7 +15,8 @@ def render(results: StudyResults) -> str:
     status = {0: "all expectations held", 1: "an expectation failed", 3: "a probe or distiller failed"}
     lines = [f"# ddprobe study `{results.name}`", "",
              f"seed {results.seed} · {data['provenance'].get('device')} · torch {data['provenance'].get('torch')} · "
-             f"{results.seconds:.1f} s · **{status.get(results.exit_code, '')}**", "", "## Distilled sets", "",
+             f"{results.seconds:.1f} s · **{status.get(results.exit_code, '')}**", "", *markdown_findings(results),
+             "## Distilled sets", "",
              "| set | distiller | ipc | images | seconds | status |", "|---|---|---|---|---|---|"]
     for name, d in data["distilled"].items():
         label = f"{name} (control)" if d["control"] else name
