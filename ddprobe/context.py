@@ -29,12 +29,49 @@ class ModelSpec:
     arch: str
     options: BaseModel
     plugin: Any
+    weights: Path | None = None  # a user's own real-trained state dict: ctx.pretrained loads it instead of training
 
     def build(self, input_shape: Sequence[int], num_classes: int) -> torch.nn.Module:
         return self.plugin.build(self.options, tuple(input_shape), num_classes)
 
     def key(self) -> dict[str, Any]:
-        return {"arch": self.arch, "options": self.options.model_dump(mode="json")}
+        key = {"arch": self.arch, "options": self.options.model_dump(mode="json")}
+        if self.weights is not None:
+            key["weights"] = _file_sha256(self.weights)
+        return key
+
+    def load_weights(self, input_shape: Sequence[int], num_classes: int) -> torch.nn.Module:
+        """The architecture with the state dict of ``weights`` loaded (never unpickles code), in eval mode."""
+        import torch
+
+        from .errors import DDProbeError
+
+        assert self.weights is not None
+        net = self.build(input_shape, num_classes)
+        try:
+            if self.weights.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                state = load_file(str(self.weights))
+            else:
+                state = torch.load(self.weights, map_location="cpu", weights_only=True)
+                if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+                    state = state["state_dict"]
+            net.load_state_dict(state)
+        except Exception as exc:
+            raise DDProbeError(f"{self.weights}: cannot load as the state dict of models.{self.name} "
+                               f"(arch {self.arch!r}): {type(exc).__name__}: {exc}") from None
+        return net.eval()
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def model_cache_parts(models: dict[str, ModelSpec], seed: int, data_key: dict[str, Any], model: str, data_id: Any,
@@ -145,7 +182,13 @@ class StudyContext(_Base):
     controls: set[str] = field(default_factory=set)
 
     def pretrained(self, model: str, seed_name: str = "pretrained") -> torch.nn.Module:
-        """A model of architecture ``model`` trained on the real training set (cached), in eval mode."""
+        """A model of architecture ``model`` trained on the real training set (cached), in eval mode.
+
+        A [models] entry with ``weights`` is the user's own real-trained model: its state dict is loaded instead.
+        """
+        spec = self.models[model]
+        if spec.weights is not None:
+            return spec.load_weights(self.real.input_shape, self.real.num_classes).to(self.device)
         return self.trained(model, self.real.train, self.pretrain_recipe, seed_name=seed_name,
                             data_id={"real-train": self.data_key})
 

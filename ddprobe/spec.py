@@ -225,12 +225,13 @@ def parse_spec(raw: dict[str, Any], path: Path | None = None, raw_bytes: bytes |
             problems.append(f"{where}.arch: required key is missing; valid: {', '.join(registry.get_all('model'))}")
             continue
         arch = table.pop("arch")
+        weights = _weights_path(table.pop("weights", None), base, f"{where}.weights", problems)
         plugin = _lookup("model", arch, f"{where}.arch", problems)
         if plugin is None:
             continue
         opts = _validate(plugin.Options, table, where, problems)
         if opts is not None:
-            models[name] = ModelSpec(name, arch, opts, plugin)
+            models[name] = ModelSpec(name, arch, opts, plugin, weights)
 
     # [distilled.*]
     distilled: dict[str, DistilledSpec] = {}
@@ -336,6 +337,22 @@ def parse_spec(raw: dict[str, Any], path: Path | None = None, raw_bytes: bytes |
     if problems or data is None:
         raise SpecError(problems or ["data: invalid"], file=file)
     return Spec(path, sha, study, data, train, pretrain, models, distilled, probes, report, raw)
+
+
+def _weights_path(value: Any, base_dir: Path, where: str, problems: list[str]) -> Path | None:
+    """A [models] entry's ``weights``: a state-dict file (.pt/.pth via weights_only, or .safetensors)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        problems.append(f"{where}: must be the path of a state-dict file (.pt, .pth or .safetensors)")
+        return None
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    if not path.is_file():
+        problems.append(f"{where}: no such file {str(path)!r}; give a state-dict file saved with torch.save("
+                        f"model.state_dict(), ...) or safetensors, relative to the spec's folder")
+        return None
+    return path
 
 
 def _check_finding_expectations(plugin: Any, expects: list[Expectation], where: str, distilled: dict,

@@ -6,8 +6,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..findings import FindingSpec
 from ..results import ProbeResult
 from ..training import RecipeOverride
+
+HURTS = FindingSpec(
+    "mixing", "adding a few real images per class helps a distilled set less than it helps the random-real control",
+    "change in test accuracy from adding k real images per class, minus the control's change, paired by seed "
+    "(for the control itself: its change against no change)", "seeds", threshold=0.0, direction="less",
+    paper="Sec. 3, Fig. 3 (right)")
 
 MARKERS = ["s", "o", "*", "^", "v", "P", "X", "h"]
 
@@ -29,6 +36,7 @@ def real_rows(order, k: int):
 class Mixing:
     name = "mixing"
     description = "accuracy after adding k real images per class to each distilled set (paper section 3)"
+    findings = (HURTS,)
     conformance_options = {"k": [0, 2], "seeds": 1, "recipe": {"steps": 5}}
 
     class Options(BaseModel):
@@ -42,6 +50,9 @@ class Mixing:
         training: Literal["auto", "batched", "sequential"] = Field(
             "auto", description="train models of one set stacked (vmap), one by one, or whichever is faster here")
         chunk: int = Field(32, ge=1, description="models per stacked batch")
+        finding_k: int | None = Field(
+            None, ge=1, description="real images per class the finding compares with k = 0 (default: the smallest "
+                                    "k > 0; the paper's drop is at 2-10)")
 
     def plan(self, ctx, options: Options):
         """A training per set, k, architecture and seed on the set plus k real images per class."""
@@ -109,13 +120,54 @@ class Mixing:
                 change = float(g[g.k == first]["mean"].iloc[0] - g[g.k == 0]["mean"].iloc[0])
                 metrics[f"{set_name}/{model}/change"] = change
                 changes.append((set_name, model, change, bool(g.control.iloc[0])))
+        findings = self._findings(ctx, runs, ks, options, models)
         fig = self._figure(ctx, table, models, list(sets), ks, sets)
         declared = [c for c in changes if not c[3]] or changes
         summary = (f"adding {first} real/class changes accuracy by " +
                    ", ".join(f"{s}/{m} {c:+.3f}" for s, m, c, _ in declared[:4]) if declared else
                    "no k = 0 baseline to compare with")
         info = {"k": ks, "capped": capped, "cap": cap}
-        return ProbeResult(metrics, {"mixing": table, "runs": runs}, {"mixing": fig}, summary, info)
+        return ProbeResult(metrics, {"mixing": table, "runs": runs}, {"mixing": fig}, summary, info, findings)
+
+    def _findings(self, ctx, runs, ks, options, models):
+        """Per set: the seed-paired change from k = 0 to k = finding_k, against the same-ipc control's change."""
+        from ..findings.collect import control_for_set
+
+        k = options.finding_k if options.finding_k is not None else next((k for k in ks if k > 0), None)
+        if k is not None:
+            k = min(k, max(ks))
+        out = []
+        for set_name in runs.set.unique():
+            control = set_name in ctx.controls
+            if k is None or 0 not in ks or k not in ks:
+                out.append(HURTS.judge(set_name, ctx.probe_id, None, None, 0, control=control,
+                                       reason="the probe's k list needs 0 and a k > 0 to measure a change"))
+                continue
+            base = None if control else control_for_set(set_name, ctx)
+            values, why = [], None
+            for model in models:
+                mine = self._changes(runs, set_name, model, k)
+                if control:
+                    values += list(mine.values())
+                    continue
+                if base is None or base not in set(runs.set):
+                    why = "no random-real control at this set's images per class ran in this probe"
+                    break
+                theirs = self._changes(runs, base, model, k)
+                values += [mine[s] - theirs[s] for s in sorted(mine) if s in theirs]
+            statistic = f"accuracy(k = {k}) - accuracy(k = 0), " + (
+                "against no change" if control else f"minus {base}'s change, paired by seed and model")
+            out.append(HURTS.judge_runs(set_name, ctx.probe_id, values, control=control, reason=why,
+                                        statistic=statistic, unit_of_n="seed x model pairs" if len(models) > 1
+                                        else "seeds", details={"k": k}))
+        return out
+
+    @staticmethod
+    def _changes(runs, set_name, model, k) -> dict[int, float]:
+        g = runs[(runs.set == set_name) & (runs.model == model)]
+        at = {int(s): float(a) for s, a in zip(g[g.k == k].seed, g[g.k == k].accuracy, strict=True)}
+        zero = {int(s): float(a) for s, a in zip(g[g.k == 0].seed, g[g.k == 0].accuracy, strict=True)}
+        return {s: at[s] - zero[s] for s in at if s in zero}
 
     def _figure(self, ctx, table, models, set_names, ks, sets):
         from ..report.figures import color, plt, save

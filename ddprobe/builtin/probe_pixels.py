@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..findings import FindingSpec
 from ..results import ProbeResult
+
+OUTSIDE = FindingSpec(
+    "pixels", "distilled pixel values leave the valid range [0, 1] more often than real images do",
+    "share of an image's pixel values outside [0, 1], minus the real training images' share; mean over the set's "
+    "images with a percentile-bootstrap interval", "images", threshold=0.0, direction="greater",
+    paper="Sec. 3, Fig. 3 (left)")
 
 
 class Pixels:
     name = "pixels"
     description = "per-channel mean/std/min/max and fraction outside [0, 1] in pixel space, vs real images"
+    findings = (OUTSIDE,)
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -24,6 +32,8 @@ class Pixels:
 
     def run(self, ctx, options: Options) -> ProbeResult:
         import pandas as pd
+
+        from ..findings import bootstrap_ci
 
         sets = ctx.select_sets(options.sets)
         groups = {"real": ctx.real.to_pixels(ctx.real.train.images)}
@@ -40,11 +50,20 @@ class Pixels:
                 rows.append({"set": name, "channel": c, "mean": float(ch.mean()), "std": float(ch.std()),
                              "min": float(ch.min()), "max": float(ch.max()),
                              "outside_01": float(((ch < 0) | (ch > 1)).float().mean())})
+        findings = []
+        for name, pixels in groups.items():
+            if name == "real":
+                continue
+            per_image = ((pixels < 0) | (pixels > 1)).flatten(1).float().mean(1) - metrics["real/outside_01"]
+            effect, ci, n = bootstrap_ci(per_image.tolist(), seed=ctx.seed_for(f"pixels:bootstrap:{name}"))
+            findings.append(OUTSIDE.judge(name, ctx.probe_id, effect, ci, n, control=name in ctx.controls,
+                                          details={"real_outside_01": metrics["real/outside_01"]}))
         fig = self._figure(ctx, groups, options.bins)
         worst = max(sets, key=lambda n: metrics[f"{n}/outside_01"]) if sets else None
         summary = (f"{worst}: {metrics[f'{worst}/outside_01']:.1%} of pixels outside [0, 1] "
                    f"(real: {metrics['real/outside_01']:.1%})" if worst else "no sets")
-        return ProbeResult(metrics, {"pixel_stats": pd.DataFrame(rows)}, {"density": fig}, summary)
+        return ProbeResult(metrics, {"pixel_stats": pd.DataFrame(rows)}, {"density": fig}, summary,
+                           findings=findings)
 
     def _figure(self, ctx, groups, bins):
         import numpy as np

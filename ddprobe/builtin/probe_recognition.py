@@ -4,26 +4,44 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..findings import FindingSpec
 from ..results import ProbeResult
+
+RECOGNIZED = FindingSpec(
+    "recognition", "real-trained models recognize the distilled images at least as well as real test images",
+    "recognition accuracy of the set's images minus the same model's real test accuracy, one value per "
+    "real-trained model (architectures x seeds); Student-t interval", "real-trained models", threshold=0.0,
+    direction="greater", paper="Sec. 3, Fig. 2 (left)")
+
+
+def pretrained_seed_name(seed: int) -> str:
+    """Seed 0 is the study-wide real-trained model every probe shares; later seeds are independent runs."""
+    return "pretrained" if seed == 0 else f"pretrained:{seed}"
 
 
 class Recognition:
     name = "recognition"
     description = "accuracy of real-trained models on each distilled set's images (paper section 3)"
+    findings = (RECOGNIZED,)
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
         models: list[str] = Field([], description="architectures from [models] to train on real data (default all)")
         sets: list[str] = Field([], description="distilled sets (default: all, controls included)")
+        seeds: int = Field(2, ge=1, description="real-trained models per architecture (independent trainings); "
+                                                "a [models] entry with `weights` counts once")
 
     def plan(self, ctx, options: Options):
         """One real-trained model per architecture (shared with other probes), then forward passes."""
         items = []
         for model in ctx.select_models(options.models):
-            item = ctx.pretrained_item(model)
-            item.key = f"pretrained:{model}"
-            items += [item, ctx.forward_item(model, len(ctx.real.test), f"{model} on the real test set")]
+            for seed in range(1 if ctx.models[model].weights else options.seeds):
+                if not ctx.models[model].weights:
+                    item = ctx.pretrained_item(model, pretrained_seed_name(seed))
+                    item.key = f"pretrained:{model}:{seed}"
+                    items.append(item)
+                items.append(ctx.forward_item(model, len(ctx.real.test), f"{model} on the real test set"))
         return items
 
     def run(self, ctx, options: Options) -> ProbeResult:
@@ -34,36 +52,58 @@ class Recognition:
         models = ctx.select_models(options.models)
         sets = ctx.select_sets(options.sets)
         metrics: dict[str, float] = {}
-        rows, class_rows = [], []
+        rows, class_rows, run_rows = [], [], []
         test = ctx.real.test.to(ctx.device)
-        with ctx.progress.task("recognition: real-trained models", total=len(models)) as task:
-            nets = {}
-            for model in models:
-                nets[model] = ctx.pretrained(model)
-                metrics[f"real_test/{model}"] = evaluate(nets[model], test)
+        runs = [(m, s) for m in models for s in range(1 if ctx.models[m].weights else options.seeds)]
+        nets, test_acc = {}, {}
+        with ctx.progress.task("recognition: real-trained models", total=len(runs)) as task:
+            for model, seed in runs:
+                nets[model, seed] = ctx.pretrained(model, pretrained_seed_name(seed))
+                test_acc[model, seed] = evaluate(nets[model, seed], test)
                 task.advance()
+        for model in models:
+            metrics[f"real_test/{model}"] = _mean([test_acc[r] for r in runs if r[0] == model])
         for set_name, ds in sets.items():
             labels = ds.hard_labels
-            for model, net in nets.items():
-                pred = predict(net, ds.images).argmax(1).cpu()
-                correct = (pred == labels).float()
-                acc = float(correct.mean())
+            for model in models:
+                accs, correct_sum = [], None
+                for (m, seed) in runs:
+                    if m != model:
+                        continue
+                    pred = predict(nets[m, seed], ds.images).argmax(1).cpu()
+                    correct = (pred == labels).float()
+                    accs.append(float(correct.mean()))
+                    correct_sum = correct if correct_sum is None else correct_sum + correct
+                    run_rows.append({"set": set_name, "model": model, "seed": seed, "recognition": accs[-1],
+                                     "real_test_accuracy": test_acc[m, seed],
+                                     "control": set_name in ctx.controls})
+                acc = _mean(accs)
                 metrics[f"{set_name}/{model}"] = acc
                 rows.append({"set": set_name, "model": model, "recognition": acc,
-                             "real_test_accuracy": metrics[f"real_test/{model}"], "control": set_name in ctx.controls})
+                             "real_test_accuracy": metrics[f"real_test/{model}"], "models": len(accs),
+                             "control": set_name in ctx.controls})
+                correct = correct_sum / len(accs)
                 for c, cname in enumerate(ds.classes):
                     mask = labels == c
                     if mask.any():
                         class_rows.append({"set": set_name, "model": model, "class": cname,
                                            "recognition": float(correct[mask].mean()), "images": int(mask.sum())})
         table = pd.DataFrame(rows)
+        per_run = pd.DataFrame(run_rows)
+        findings = [RECOGNIZED.judge_runs(
+            set_name, ctx.probe_id,
+            [r["recognition"] - r["real_test_accuracy"] for r in run_rows if r["set"] == set_name],
+            control=set_name in ctx.controls,
+            details={"recognition": metrics.get(f"{set_name}/{models[0]}") if models else None})
+            for set_name in sets]
         fig = self._figure(ctx, table, models, list(sets))
         declared = [r for r in rows if not r["control"]] or rows
         lowest = min(declared, key=lambda r: r["recognition"]) if declared else None
-        summary = ("lowest recognition: " + f"{lowest['set']} by {lowest['model']} {lowest['recognition']:.2f}"
-                   if lowest else "no sets")
-        return ProbeResult(metrics, {"recognition": table, "per_class": pd.DataFrame(class_rows)},
-                           {"recognition": fig}, summary)
+        summary = ("lowest recognition: " + f"{lowest['set']} by {lowest['model']} {lowest['recognition']:.2f} "
+                   f"(real test accuracy {lowest['real_test_accuracy']:.2f}, {lowest['models']} model"
+                   f"{'s' if lowest['models'] != 1 else ''})" if lowest else "no sets")
+        return ProbeResult(metrics, {"recognition": table, "per_class": pd.DataFrame(class_rows), "runs": per_run},
+                           {"recognition": fig}, summary, findings=findings)
 
     def _figure(self, ctx, table, models, sets):
         import numpy as np
@@ -83,6 +123,10 @@ class Recognition:
         ax.set_ylabel("recognition accuracy")
         ax.legend(fontsize=8, frameon=False)
         return save(fig, ctx.figure_path("recognition"))
+
+
+def _mean(values: list[float]) -> float:
+    return float(sum(values) / len(values)) if values else float("nan")
 
 
 PROBES = (Recognition,)

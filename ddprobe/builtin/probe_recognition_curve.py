@@ -6,8 +6,45 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..findings import FindingSpec
 from ..results import ProbeResult
 from ..training import RecipeOverride
+
+EARLY = FindingSpec(
+    "recognition_curve", "a model training on real data recognizes the distilled images before its own real test "
+    "accuracy plateaus",
+    "steps until real test accuracy completes 90 % of its rise minus steps until the set's recognition does, as a "
+    "fraction of the window; one value per run (seed x model)", "runs", threshold=0.0, direction="greater",
+    paper="Sec. 4.2")
+
+
+MIN_POINTS = 20  # recorded steps below which no plateau can be told from noise
+MIN_RISE = 0.05  # real test accuracy must rise at least this much for "its plateau" to mean anything
+
+
+def rise_step(curve, fraction: float = 0.9, tail: float = 0.1) -> int:
+    """The first index where the curve completes ``fraction`` of its rise from its start to its plateau.
+
+    The plateau is the mean of the last ``tail`` of the window, so one noisy last point does not move it.
+    """
+    import numpy as np
+
+    curve = np.asarray(curve, dtype=float)
+    plateau = curve[-max(1, int(round(tail * len(curve)))):].mean()
+    target = curve[0] + fraction * (plateau - curve[0])
+    hits = np.nonzero(curve >= target - 1e-12)[0] if plateau >= curve[0] else np.nonzero(curve <= target)[0]
+    return int(hits[0]) if hits.size else len(curve) - 1
+
+
+def still_rising(curve, tail: float = 0.2, tolerance: float = 0.01) -> float | None:
+    """How much the curve rose over the last ``tail`` of the window, when that exceeds ``tolerance``; else None."""
+    import numpy as np
+
+    curve = np.asarray(curve, dtype=float)
+    k = min(len(curve), max(2, int(round(tail * len(curve)))))
+    half = k // 2
+    rise = float(curve[-half:].mean() - curve[-k:len(curve) - half].mean()) * k / max(1, k - half)
+    return rise if rise > tolerance else None
 
 
 def first_reaching(curve, fraction: float) -> int:
@@ -23,6 +60,7 @@ def first_reaching(curve, fraction: float) -> int:
 class RecognitionCurve:
     name = "recognition_curve"
     description = "recognition of each distilled set by a real-data model after every training step (paper 4.2)"
+    findings = (EARLY,)
     conformance_options = {"steps": 6, "seeds": 1}
 
     class Options(BaseModel):
@@ -37,6 +75,9 @@ class RecognitionCurve:
             RecipeOverride(), description="changes to [pretrain] (paper: SGD 0.01, momentum 0.9, batch 256)")
         training: Literal["auto", "batched", "sequential"] = Field(
             "auto", description="train the seeds stacked (vmap), one by one, or whichever is faster here")
+        flat_tolerance: float = Field(
+            0.01, ge=0, description="real test accuracy counts as plateaued when it rose by at most this much over "
+                                    "the last 20 % of the window (else the finding is inconclusive)")
 
     def plan(self, ctx, options: Options):
         """Real-data runs of ``steps`` steps, with forward passes over the test set and every set as they go."""
@@ -63,7 +104,7 @@ class RecognitionCurve:
         sets = ctx.select_sets(options.sets)
         test_x, test_y = ctx.real.test.images.to(ctx.device), ctx.real.test.labels.to(ctx.device)
         set_data = {n: (ds.images.to(ctx.device), ds.labels.to(ctx.device)) for n, ds in sets.items()}
-        frames = []
+        frames, per_run = [], []
         for model in models:
             def compute(model=model) -> dict[str, torch.Tensor]:
                 points = (options.steps // options.every) + 1 + (options.steps % options.every != 0)
@@ -95,6 +136,7 @@ class RecognitionCurve:
                      "sets": [ds.manifest.sha256 for ds in sets.values()]}
             got = ctx.cache.tensors("recognition-curves", parts, compute)
             steps = got["step"].tolist()
+            per_run.append((model, got["accuracy"], steps))
             for si, series in enumerate(["real_test", *sets]):
                 for s in range(options.seeds):
                     frames.append(pd.DataFrame({"model": model, "series": series, "seed": s, "step": steps,
@@ -118,12 +160,54 @@ class RecognitionCurve:
                 for key in ("final", "step90", "step99", "test_at_step90"):
                     metrics[f"{set_name}/{model}/{key}"] = float(row[key])
         table = pd.DataFrame(rows)
+        findings, runs_table = self._findings(ctx, per_run, list(sets), options)
         fig = self._figure(ctx, curves, models, list(sets))
         declared = [r for r in rows if not r["control"]] or rows
         summary = "; ".join(f"{r['set']}/{r['model']}: 90% of final recognition {r['final']:.2f} at step "
                             f"{r['step90']} (real test {r['test_at_step90']:.2f})" for r in declared[:4])
-        return ProbeResult(metrics, {"recognition_curve": table, "curves": curves}, {"recognition_curve": fig},
-                           summary, {"recipe": recipe.key()})
+        return ProbeResult(metrics, {"recognition_curve": table, "curves": curves, "runs": runs_table},
+                           {"recognition_curve": fig}, summary, {"recipe": recipe.key()}, findings)
+
+    def _findings(self, ctx, per_run, set_names, options):
+        """Per run: (real test's 90 %-rise step - the set's) / window; inconclusive while real test still rises."""
+        import pandas as pd
+
+        rows, flat_start = [], []
+        for model, acc, steps in per_run:
+            window = max(1, steps[-1] - steps[0])
+            for s in range(acc.shape[0]):
+                test = acc[s, 0].numpy()
+                rising = still_rising(test, tolerance=options.flat_tolerance)
+                tail = test[-max(1, len(test) // 10):].mean()
+                if tail - test[0] < MIN_RISE:
+                    flat_start.append(float(tail - test[0]))
+                t_real = steps[rise_step(test)]
+                for j, set_name in enumerate(set_names, start=1):
+                    t_set = steps[rise_step(acc[s, j].numpy())]
+                    rows.append({"model": model, "seed": s, "set": set_name, "real_test_rise90": t_real,
+                                 "set_rise90": t_set, "effect": (t_real - t_set) / window,
+                                 "real_test_still_rising": rising})
+        runs = pd.DataFrame(rows)
+        findings = []
+        for set_name in set_names:
+            g = runs[runs.set == set_name]
+            rising = [r for r in g.real_test_still_rising if r is not None and r == r]
+            points = len(per_run[0][2]) if per_run else 0
+            reason = None
+            if points < MIN_POINTS:
+                reason = (f"the window of {options.steps} steps is too short to see a plateau: {points} recorded "
+                          f"steps, at least {MIN_POINTS} needed (raise `steps` or lower `every`)")
+            elif flat_start:
+                reason = (f"real test accuracy did not rise (by {max(flat_start):.3f}); the real-data training "
+                          f"recipe learns nothing in {options.steps} steps")
+            elif rising:
+                reason = (f"the window of {options.steps} steps is too short: real test accuracy still rose by "
+                          f"{max(rising):.3f} over its last 20 % (raise `steps`)")
+            findings.append(EARLY.judge_runs(set_name, ctx.probe_id, list(g.effect), reason=reason,
+                                             control=set_name in ctx.controls,
+                                             details={"set_rise90_mean": float(g.set_rise90.mean()),
+                                                      "real_test_rise90_mean": float(g.real_test_rise90.mean())}))
+        return findings, runs
 
     def _figure(self, ctx, curves, models, sets):
         from ..report.figures import color, plt, save

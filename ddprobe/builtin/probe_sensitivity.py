@@ -58,6 +58,9 @@ class Sensitivity:
         training: Literal["auto", "batched", "sequential"] = Field(
             "auto", description="train a cell's models stacked (vmap), one by one, or whichever is faster here")
         chunk: int = Field(32, ge=1, description="models per stacked batch")
+        diverged_margin: float = Field(
+            0.05, ge=0, description="a run diverged when its test accuracy is at most chance + this margin; a cell "
+                                    "diverged when all its seeds did (reported, and left out of spread_converged)")
 
         @field_validator("presets")
         @classmethod
@@ -174,17 +177,27 @@ class Sensitivity:
                                          "note": lr_note})
                     task.advance()
         runs_t = pd.DataFrame(runs)
+        chance = 1.0 / ctx.real.num_classes
+        runs_t["diverged"] = runs_t.accuracy <= chance + options.diverged_margin
         table = (runs_t.groupby(["set", "model", "cell"], sort=False)
                  .agg(mean=("accuracy", "mean"), std=("accuracy", "std"), seeds=("accuracy", "size"),
-                      control=("control", "first"), note=("note", "first")).reset_index())
+                      diverged=("diverged", "sum"), control=("control", "first"), note=("note", "first"))
+                 .reset_index())
         table["std"] = table["std"].fillna(0.0)
+        table["diverged"] = table["diverged"].astype(int)
         metrics: dict[str, float] = {}
         for _, r in table.iterrows():
             metrics[f"{r.set}/{r.model}/{r.cell}"] = float(r["mean"])
-        spreads = {}
+        spreads, diverged = {}, {}
         for set_name, g in table.groupby("set", sort=False):
             spreads[set_name] = float(g["mean"].max() - g["mean"].min())
             metrics[f"{set_name}/spread"] = spreads[set_name]
+            # a cell whose every seed ended at chance diverged: its accuracy says nothing about the set's value
+            ok = g[g.diverged < g.seeds]
+            diverged[set_name] = [f"{r.model}:{r.cell}" for r in g[g.diverged == g.seeds].itertuples()]
+            metrics[f"{set_name}/diverged_cells"] = float(len(diverged[set_name]))
+            metrics[f"{set_name}/spread_converged"] = float(ok["mean"].max() - ok["mean"].min()) if len(ok) else \
+                float("nan")
         spread_rows = []
         for set_name, ds in sets.items():
             control = self._control_for(ctx, ds, set_name)
@@ -194,14 +207,18 @@ class Sensitivity:
                 metrics[f"{set_name}/spread_ratio"] = ratio
             g = table[table.set == set_name]
             best, worst = g.loc[g["mean"].idxmax()], g.loc[g["mean"].idxmin()]
-            spread_rows.append({"set": set_name, "spread": spreads[set_name], "control": control,
+            spread_rows.append({"set": set_name, "spread": spreads[set_name],
+                                "spread_converged": metrics[f"{set_name}/spread_converged"],
+                                "diverged": ", ".join(diverged[set_name]), "control": control,
                                 "spread_ratio": ratio, "best": f"{best.model}:{best.cell}", "best_acc": best["mean"],
                                 "worst": f"{worst.model}:{worst.cell}", "worst_acc": worst["mean"]})
         spread_t = pd.DataFrame(spread_rows)
         fig = self._figure(ctx, table, list(sets), models, [c[0] for c in cells])
         declared = [r for r in spread_rows if r["set"] not in ctx.controls] or spread_rows
         summary = "; ".join(f"{r['set']}: spread {r['spread']:.3f}" + (
-            f" ({r['spread_ratio']:.2f}x the control's)" if np.isfinite(r["spread_ratio"]) else "")
+            f" ({r['spread_ratio']:.2f}x the control's)" if np.isfinite(r["spread_ratio"]) else "") + (
+            f", {r['spread_converged']:.3f} without {len(diverged[r['set']])} diverged cell"
+            f"{'s' if len(diverged[r['set']]) != 1 else ''} ({r['diverged']})" if diverged[r["set"]] else "")
             for r in declared[:4])
         info = {"cells": {name: r.key() for name, r, _ in cells}}
         return ProbeResult(metrics, {"sensitivity": table, "spread": spread_t, "runs": runs_t},

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..results import DistilledRecord, ProbeRecord
@@ -16,6 +16,19 @@ def control_for(set_name: str, distilled: dict[str, DistilledRecord]) -> str | N
         return None
     for name, other in distilled.items():
         if other.control and other.ipc == record.ipc and other.status == "ok":
+            return name
+    return None
+
+
+def control_for_set(set_name: str, ctx: Any) -> str | None:
+    """Inside a probe: the random-real control of ``ctx.distilled[set_name]`` (same images per class), if any."""
+    ds = ctx.distilled.get(set_name)
+    if ds is None or set_name in ctx.controls:
+        return None
+    ipc = ds.manifest.ipc
+    for name in ctx.controls:
+        other = ctx.distilled.get(name)
+        if other is not None and (other.manifest.ipc == ipc or ipc is None and len(other) == len(ds)):
             return name
     return None
 

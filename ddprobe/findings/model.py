@@ -80,12 +80,12 @@ class FindingSpec:
 
     def judge(self, set_name: str, probe: str, effect: float | None, ci: tuple[float, float] | None, n: int,
               *, unit_of_n: str | None = None, reason: str | None = None, control: bool = False,
-              details: dict[str, Any] | None = None) -> Finding:
+              statistic: str | None = None, details: dict[str, Any] | None = None) -> Finding:
         """The finding for one set from an effect and its interval; ``reason`` forces ``inconclusive``."""
         verdict, why = self.verdict(effect, ci, n)
         if reason is not None:
             verdict, why = INCONCLUSIVE, reason
-        return Finding(self.id, probe, set_name, self.claim, self.statistic, effect, ci, n,
+        return Finding(self.id, probe, set_name, self.claim, statistic or self.statistic, effect, ci, n,
                        unit_of_n or self.unit_of_n, verdict, why, self.threshold, control, details=details or {})
 
     def judge_runs(self, set_name: str, probe: str, values: Sequence[float], **kwargs: Any) -> Finding:
@@ -110,7 +110,7 @@ class FindingSpec:
             return HOLDS, None
         if fails:
             return NOT_HOLDS, None
-        return INCONCLUSIVE, f"the 95 % interval [{lo:.3g}, {hi:.3g}] includes the threshold {self.threshold:g}"
+        return INCONCLUSIVE, f"the 95 % interval [{lo:.3g}, {hi:.3g}] includes {self.threshold:g}"
 
 
 def _singular(unit: str) -> str:
