@@ -465,6 +465,34 @@ def _result_problems(result: Any) -> list[str]:
     return problems
 
 
+def _finding_problems(probe: Any, result: Any, sets: dict[str, Any]) -> list[str]:
+    """A declared finding's shape: Finding objects of declared ids, for known sets, with a well-formed verdict."""
+    from .findings import VERDICTS, Finding
+
+    declared = {f.id: f for f in getattr(probe, "findings", ())}
+    problems = []
+    for f in getattr(result, "findings", []):
+        if not isinstance(f, Finding):
+            problems.append(f"findings holds a {type(f).__name__}; return Finding objects made by FindingSpec.judge")
+            continue
+        if f.id not in declared:
+            problems.append(f"finding {f.id!r} is not declared in the probe's `findings` "
+                            f"({', '.join(declared) or 'none declared'})")
+        if f.set not in sets:
+            problems.append(f"finding {f.id!r} names set {f.set!r}, which the study does not have")
+        if f.verdict not in VERDICTS:
+            problems.append(f"finding {f.id}/{f.set} has verdict {f.verdict!r}; valid: {', '.join(VERDICTS)}")
+        if f.ci is not None and not (f.ci[0] <= f.ci[1]):
+            problems.append(f"finding {f.id}/{f.set} has an interval {f.ci} whose low end exceeds its high end")
+        spec = declared.get(f.id)
+        if f.verdict != "inconclusive" and (f.ci is None or (spec is not None and f.n < spec.min_n)):
+            problems.append(f"finding {f.id}/{f.set} draws a verdict ({f.verdict}) from n = {f.n} without an "
+                            f"interval; a verdict needs at least {spec.min_n if spec else 2} independent runs")
+        if f.verdict == "inconclusive" and not f.reason:
+            problems.append(f"finding {f.id}/{f.set} is inconclusive without a reason")
+    return problems
+
+
 def check_probe(probe: Any, *, real: RealData | None = None, options: dict[str, Any] | Any | None = None,
                 sets: dict[str, DistilledSet] | None = None,
                 models: Models | None = None,
@@ -506,6 +534,7 @@ def check_probe(probe: Any, *, real: RealData | None = None, options: dict[str, 
         results.append(probe.run(ctx, opts))
         if run == 0:
             problems += _result_problems(results[0])
+            problems += _finding_problems(probe, results[0], sets)
             problems += watch.problems()
             if not torch.equal(_global_rng_state(), rng_before):
                 problems.append("it draws from torch's global RNG; use ctx.rng(name) so results do not "
