@@ -89,6 +89,9 @@ def test_recognition_finding_over_seeds_and_a_users_own_weights(make_ctx, random
     own = probe.run(ctx, probe.Options(models=["mine"], seeds=3))
     assert own.tables["runs"].recognition.tolist() == [runs[runs.seed == 2].recognition.iloc[0]]
     assert _by_set(own)["r"].verdict == "inconclusive" and "only 1" in _by_set(own)["r"].reason
+    # the probe's own recipe trains its own real-trained models (not the shared ctx.pretrained ones)
+    longer = probe.run(ctx, probe.Options(seeds=1, recipe={"epochs": 3})).tables["runs"]
+    assert longer.real_test_accuracy.iloc[0] != runs.real_test_accuracy.iloc[0]
 
 
 def test_recognition_curve_rise_and_a_window_too_short(make_ctx, random_set):

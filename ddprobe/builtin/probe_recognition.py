@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..findings import FindingSpec
 from ..results import ProbeResult
+from ..training import RecipeOverride
 
 RECOGNIZED = FindingSpec(
     "recognition", "real-trained models recognize the distilled images at least as well as real test images",
@@ -17,6 +18,15 @@ RECOGNIZED = FindingSpec(
 def pretrained_seed_name(seed: int) -> str:
     """Seed 0 is the study-wide real-trained model every probe shares; later seeds are independent runs."""
     return "pretrained" if seed == 0 else f"pretrained:{seed}"
+
+
+def real_trained(ctx, model: str, seed: int, override: RecipeOverride):
+    """The probe's real-trained model: the shared ``ctx.pretrained`` one, or one trained with its own recipe."""
+    if ctx.models[model].weights is not None or override == RecipeOverride():
+        return ctx.pretrained(model, pretrained_seed_name(seed))
+    recipe = override.apply(ctx.pretrain_recipe)
+    return ctx.trained(model, ctx.real.train, recipe, seed_name=pretrained_seed_name(seed),
+                       data_id={"real-train": ctx.data_key}).eval()
 
 
 class Recognition:
@@ -31,16 +41,23 @@ class Recognition:
         sets: list[str] = Field([], description="distilled sets (default: all, controls included)")
         seeds: int = Field(2, ge=1, description="real-trained models per architecture (independent trainings); "
                                                 "a [models] entry with `weights` counts once")
+        recipe: RecipeOverride = Field(
+            RecipeOverride(), description="changes to [pretrain] for this probe's real-trained models (e.g. fewer "
+                                          "epochs, so that recognition is not at its ceiling on an easy dataset)")
 
     def plan(self, ctx, options: Options):
         """One real-trained model per architecture (shared with other probes), then forward passes."""
         items = []
         for model in ctx.select_models(options.models):
             for seed in range(1 if ctx.models[model].weights else options.seeds):
-                if not ctx.models[model].weights:
+                if not ctx.models[model].weights and options.recipe == RecipeOverride():
                     item = ctx.pretrained_item(model, pretrained_seed_name(seed))
                     item.key = f"pretrained:{model}:{seed}"
                     items.append(item)
+                elif not ctx.models[model].weights:
+                    recipe = options.recipe.apply(ctx.pretrain_recipe)
+                    items.append(ctx.train_item(model, len(ctx.real.train), recipe,
+                                                f"{model} on the real training set (seed {seed})"))
                 items.append(ctx.forward_item(model, len(ctx.real.test), f"{model} on the real test set"))
         return items
 
@@ -58,7 +75,7 @@ class Recognition:
         nets, test_acc = {}, {}
         with ctx.progress.task("recognition: real-trained models", total=len(runs)) as task:
             for model, seed in runs:
-                nets[model, seed] = ctx.pretrained(model, pretrained_seed_name(seed))
+                nets[model, seed] = real_trained(ctx, model, seed, options.recipe)
                 test_acc[model, seed] = evaluate(nets[model, seed], test)
                 task.advance()
         for model in models:
