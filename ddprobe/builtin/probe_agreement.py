@@ -171,35 +171,52 @@ class Agreement:
     def _figure(self, ctx, values, models, sets):
         import numpy as np
 
-        from ..report.figures import plt, save
+        from ..report.figures import control_label, plt, save
 
         pyplot = plt()
-        fig, axes = pyplot.subplots(len(models), len(sets), figsize=(4 * len(sets), 2.6 * len(models)),
-                                    squeeze=False)
+        fig, axes = pyplot.subplots(len(models), len(sets), figsize=(4 * len(sets), 2.9 * len(models) + 0.4),
+                                    squeeze=False, layout="constrained")
         for r, model in enumerate(models):
             for c, set_name in enumerate(sets):
                 ax = axes[r][c]
-                for pool, col, label in (("subset", SUBSET_COLOR, "subset"), ("early", EARLY_COLOR, "early stopping")):
+                counts = []
+                for pool, col, label in (("subset", SUBSET_COLOR, "subset-trained"),
+                                         ("early", EARLY_COLOR, "early-stopped")):
                     if values.empty:
                         continue
-                    v = values[(values.set == set_name) & (values.model == model) & (values.pool == pool)]
-                    _density(ax, np.asarray(v.agreement, dtype=float), col, label)
+                    sel = values[(values.set == set_name) & (values.model == model) & (values.pool == pool)]
+                    members = int(sel.member.nunique())
+                    counts.append(f"{label}: {_models(members)}")
+                    _density(ax, np.asarray(sel.agreement, dtype=float), col, f"{label} pool", members)
                 ax.set_yticks([])
-                ax.set_title(set_name if len(models) == 1 else f"{set_name} / {model}", fontsize=9)
-                ax.set_xlabel("agreement")
-                if r == 0 and c == 0:
-                    ax.legend(fontsize=7, frameon=False)
-        return save(fig, ctx.figure_path("agreement"))
+                shown = control_label(set_name) if set_name in ctx.controls else set_name
+                head = shown if len(models) == 1 else f"{shown} / {model}"
+                ax.set_title(head + ("\n" + ", ".join(counts) if counts else ""), fontsize=9)
+                ax.set_xlabel("agreement with the distilled-trained model")
+                ax.set_ylabel("density")
+                if r == 0 and c == len(sets) - 1:
+                    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        fig.suptitle("Prediction agreement of real-data models with distilled-trained models", fontsize=10)
+        caption = ("Per set and architecture: how often the real-data models of each pool (matched in accuracy to "
+                   "the distilled-trained model) predict the same test labels as the distilled-trained model; "
+                   "the title counts the matched models behind each curve; a pool of one, or of identical values, is "
+                   "drawn as points.")
+        return save(fig, ctx.figure_path("agreement"), caption)
 
 
-def _density(ax, v, col, label):
-    """A filled Gaussian KDE (Scott bandwidth, as seaborn's default); a line when the values do not spread."""
+def _models(n: int) -> str:
+    return f"{n} model" if n == 1 else f"{n} models"
+
+
+def _density(ax, v, col, label, members=None):
+    """A filled Gaussian KDE (Scott bandwidth, as seaborn's default); points when the values do not spread."""
     import numpy as np
 
     if v.size == 0:
         return
     if v.size < 2 or np.ptp(v) < 1e-9:
-        ax.axvline(float(v.mean()), color=col, label=label)
+        ax.plot(v, np.zeros_like(v), ls="", marker="o", markersize=7, color=col, clip_on=False,
+                label=f"{label} ({_models(v.size if members is None else members)}, no spread)")
         return
     from scipy.stats import gaussian_kde
 

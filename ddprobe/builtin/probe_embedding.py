@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..results import ProbeResult
 
-MARKERS = ["^", "o", "s", "*", "v", "P", "X", "D"]
+MARKERS = ["^", "o", "s", "*", "v", "P", "X", "h"]  # "D" is the control's marker (report.figures)
 
 
 def features(net, images, device, batch: int = 1024):
@@ -104,7 +104,7 @@ class Embedding:
         coord_t = pd.DataFrame({"source": source, "index": index, "label": labels, "x": coords[:, 0],
                                 "y": coords[:, 1], "neighbour_agreement": agree})
         table = pd.DataFrame(rows)
-        fig = self._figure(ctx, coord_t, list(sets), ctx.real.classes)
+        fig = self._figure(ctx, coord_t, list(sets), ctx.real.classes, model, options.projection)
         declared = [r for r in rows if not r["control"]] or rows
         summary = (f"real test {metrics['real_test/knn_agreement']:.2f}; " +
                    ", ".join(f"{r['set']} {r['knn_agreement']:.2f}" for r in declared[:4]) +
@@ -130,25 +130,44 @@ class Embedding:
                                 min_dist=options.min_dist, random_state=seed)
             return reducer.fit_transform(x)
 
-    def _figure(self, ctx, coords, sets, classes):
+    def _figure(self, ctx, coords, sets, classes, model="", projection="umap"):
         import numpy as np
+        from matplotlib.lines import Line2D
 
-        from ..report.figures import plt, save
+        from ..report.figures import CONTROL_STYLE, class_colors, control_label, plt, save
 
         pyplot = plt()
-        cmap = pyplot.get_cmap("rainbow")
-        colors = cmap(np.linspace(0, 1, len(classes)))
-        fig, ax = pyplot.subplots(figsize=(6, 5))
+        colors = np.array(class_colors(len(classes)))
+        fig, ax = pyplot.subplots(figsize=(7.5, 5.5))
         real = coords[coords.source == "real_test"]
-        ax.scatter(real.x, real.y, c=colors[real.label.to_numpy()], s=1, rasterized=True)
-        for i, set_name in enumerate(sets):
+        ax.scatter(real.x, real.y, c=colors[real.label.to_numpy()], s=2, alpha=0.6, rasterized=True)
+        set_handles = [Line2D([], [], ls="", marker=".", color="#7F7F7F", label="real test images")]
+        i = 0
+        for set_name in sets:
             pts = coords[coords.source == set_name]
-            ax.scatter(pts.x, pts.y, c=colors[pts.label.to_numpy()], s=36, marker=MARKERS[i % len(MARKERS)],
-                       edgecolors="black", linewidths=0.8, label=set_name)
+            control = set_name in ctx.controls
+            marker = CONTROL_STYLE["marker"] if control else MARKERS[i % len(MARKERS)]
+            i += not control
+            ax.scatter(pts.x, pts.y, c=colors[pts.label.to_numpy()], s=40, marker=marker, edgecolors="black",
+                       linewidths=0.9, linestyle="--" if control else "-")
+            set_handles.append(Line2D([], [], ls="", marker=marker, markerfacecolor="white", markeredgecolor="black",
+                                      markersize=7, label=control_label(set_name) if control else set_name))
+        name = "PCA" if projection == "pca" else "UMAP"
+        ax.set_xlabel(f"{name} 1")
+        ax.set_ylabel(f"{name} 2")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.legend(fontsize=7, frameon=False, loc="best")
-        return save(fig, ctx.figure_path("embedding"))
+        ax.set_title(f"{name} of {model} penultimate features (real-trained)", fontsize=10)
+        fig.legend(handles=set_handles, fontsize=7, frameon=False, title="points", title_fontsize=8,
+                   loc="upper left", bbox_to_anchor=(0.91, 0.88))
+        class_handles = [Line2D([], [], ls="", marker="o", color=colors[c], markersize=6, label=str(cls))
+                         for c, cls in enumerate(classes)]
+        ax.legend(handles=class_handles, fontsize=7, frameon=False, title="class (colour)", title_fontsize=8,
+                  loc="lower left", bbox_to_anchor=(1.01, 0.0), ncol=1 if len(classes) <= 12 else 2)
+        caption = (f"Real test images (small dots) and distilled images (markers, one shape per set) in a 2-D "
+                   f"{name} projection of the penultimate features of a {model} trained on real data; colour is "
+                   "the class label.")
+        return save(fig, ctx.figure_path("embedding"), caption)
 
 
 PROBES = (Embedding,)

@@ -360,24 +360,30 @@ class Hessian:
         return out
 
     def _figure(self, ctx, curves, steps):
-        from ..report.figures import color, plt, save
+        from ..report.figures import plt, save, series_style
 
         pyplot = plt()
         fig, axes = pyplot.subplots(1, 2, figsize=(11, 4), sharey=False)
-        for i, (name, (x, raw, smooth, se)) in enumerate(curves.items()):
-            style = {"color": color(i), "lw": 2 if name == "real" else 1.3, "label": name}
+        i = 0
+        for name, (x, raw, smooth, se) in curves.items():
+            style = series_style(name, i, ctx.controls)
+            style.pop("marker", None)
+            i += name not in ctx.controls and name != "real"
             axes[0].plot(x, raw, **style)
             lo = [r - e if e == e and e != float("inf") else r for r, e in zip(raw, se, strict=True)]
             hi = [r + e if e == e and e != float("inf") else r for r, e in zip(raw, se, strict=True)]
-            axes[0].fill_between(x, lo, hi, color=color(i), alpha=0.15, lw=0)
+            axes[0].fill_between(x, lo, hi, color=style["color"], alpha=0.15, lw=0)
             axes[1].plot(x, smooth, **style)
-        axes[0].set_title("Hessian trace (raw, ± 1 standard error)")
-        axes[1].set_title("EMA-smoothed (s_t = 0.9 s_{t-1} + 0.1 x_t)")
+        axes[0].set_title("Hessian trace (raw, ± 1 standard error)", fontsize=10)
+        axes[1].set_title("Exponential moving average (weight 0.9 on the previous value)", fontsize=10)
         for ax in axes:
-            ax.set_xlabel("Iteration")
-            ax.set_ylabel("Trace")
-        axes[1].legend(fontsize=8, frameon=False)
-        return save(fig, ctx.figure_path("traces"))
+            ax.set_xlabel("training iteration")
+            ax.set_ylabel("Hessian trace")
+        axes[1].legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        caption = ("Trace of the loss Hessian along training on real data, measured on real data and on each "
+                   "distilled set at every checkpoint: raw estimates with their standard error (left) and smoothed "
+                   "(right).")
+        return save(fig, ctx.figure_path("traces"), caption)
 
 
 def _measure_in_worker(shared: dict, item: tuple) -> dict:

@@ -251,7 +251,7 @@ class Influence:
         pyplot = plt()
         k = helped_idx.shape[1]
         dist_px = ctx.real.to_pixels(ds.images[rows].cpu()).clamp(0, 1)
-        fig, axes = pyplot.subplots(len(rows), k + 1, figsize=(0.8 * (k + 1) + 0.4, 0.85 * len(rows) + 0.5),
+        fig, axes = pyplot.subplots(len(rows), k + 1, figsize=(1.35 * (k + 1) + 0.4, 1.6 * len(rows) + 0.8),
                                     squeeze=False)
         for r, i in enumerate(rows.tolist()):
             real_px = ctx.real.to_pixels(test.images[helped_idx[i]].cpu()).clamp(0, 1)
@@ -266,14 +266,17 @@ class Influence:
                     for spine in ax.spines.values():
                         spine.set_color("#E69F00")
                         spine.set_linewidth(2)
+                    ax.set_title(f"distilled #{i}\nlabel {ds.classes[c]}", fontsize=8, pad=2)
                 else:
                     label = int(test.labels[helped_idx[i, col - 1]])
-                    ax.set_title(f"{test.classes[label]} {float(helped_val[i, col - 1]):.2g}", fontsize=5,
-                                 color="#000000" if label == c else "#D55E00", pad=1)
-        axes[0][0].set_title("distilled", fontsize=6)
-        fig.suptitle(f"{set_name}, class {ds.classes[c]}: most helped real test images (loss increase when removed)",
-                     fontsize=7)
-        return save(fig, ctx.figure_path(f"gallery-{set_name}-{ds.classes[c]}"))
+                    ax.set_title(f"label {test.classes[label]}\ninfluence {float(helped_val[i, col - 1]):.2g}",
+                                 fontsize=8, color="#000000" if label == c else "#D55E00", pad=2)
+        fig.suptitle(f"{set_name}, class {ds.classes[c]}: the real test images each distilled image helps most",
+                     fontsize=9)
+        caption = (f"Each row: a distilled image of class {ds.classes[c]} from {set_name} (orange frame), then the "
+                   "real test images whose loss rises most when it is removed from training (influence = that loss "
+                   "increase); labels in red differ from the distilled image's class.")
+        return save(fig, ctx.figure_path(f"gallery-{set_name}-{ds.classes[c]}"), caption)
 
     def _reverse(self, ctx, options, model, set_name, ds):
         """Real training images whose loss gradient (real-trained model, head) is most aligned with each distilled

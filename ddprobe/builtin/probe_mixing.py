@@ -170,10 +170,10 @@ class Mixing:
         return {s: at[s] - zero[s] for s in at if s in zero}
 
     def _figure(self, ctx, table, models, set_names, ks, sets):
-        from ..report.figures import color, plt, save
+        from ..report.figures import plt, save, series_style
 
         pyplot = plt()
-        fig, axes = pyplot.subplots(1, len(models), figsize=(5 * len(models), 3.4), squeeze=False)
+        fig, axes = pyplot.subplots(1, len(models), figsize=(5 * len(models) + 1.5, 3.4), squeeze=False)
         for a, model in enumerate(models):
             ax = axes[0][a]
             i = 0
@@ -182,18 +182,22 @@ class Mixing:
                 if g.empty:
                     continue
                 control = set_name in ctx.controls
-                style = dict(color="#000000", ls="--", marker="D") if control else dict(
-                    color=color(1 + i), ls="-", marker=MARKERS[i % len(MARKERS)])
+                style = series_style(set_name, i, ctx.controls)
+                if not control:
+                    style["marker"] = MARKERS[i % len(MARKERS)]
                 i += 0 if control else 1
-                ax.errorbar(g.k, g["mean"], yerr=g["std"], label=set_name, capsize=2, ms=5, **style)
+                ax.errorbar(g.k, g["mean"], yerr=g["std"], capsize=2, ms=5, **style)
             ax.set_xscale("symlog", linthresh=1)
             ipc = next((ds.manifest.ipc for ds in sets.values() if ds.manifest.ipc), None)
             ax.set_xticks(ks, [f"{ipc}+{k}" if ipc else f"+{k}" for k in ks])
             ax.set_xlabel("images per class: distilled + real")
             ax.set_ylabel("test accuracy")
-            ax.set_title(model, fontsize=9)
-            ax.legend(fontsize=7, frameon=False)
-        return save(fig, ctx.figure_path("mixing"))
+            ax.set_title(f"{model}: distilled set plus k real images per class", fontsize=9)
+            if a == len(models) - 1:
+                ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        caption = ("Test accuracy of models trained on each distilled set with k real images per class added "
+                   "(mean ± standard deviation over seeds).")
+        return save(fig, ctx.figure_path("mixing"), caption)
 
 
 PROBES = (Mixing,)

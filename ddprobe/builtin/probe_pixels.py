@@ -68,24 +68,32 @@ class Pixels:
     def _figure(self, ctx, groups, bins):
         import numpy as np
 
-        from ..report.figures import color, plt, save
+        from ..report.figures import plt, save, series_style
 
         pyplot = plt()
-        fig, ax = pyplot.subplots(figsize=(6, 3.2))
+        fig, ax = pyplot.subplots(figsize=(6.5, 3.4))
         lo = min(float(p.min()) for p in groups.values())
         hi = max(float(p.max()) for p in groups.values())
         edges = np.linspace(min(lo, 0.0), max(hi, 1.0), bins + 1)
-        for i, (name, pixels) in enumerate(groups.items()):
+        i = 0
+        for name, pixels in groups.items():
             hist, _ = np.histogram(pixels.flatten().numpy(), bins=edges, density=True)
             centers = (edges[:-1] + edges[1:]) / 2
-            ax.plot(centers, hist, label=name, color=color(i), lw=2 if name == "real" else 1.2)
+            style = series_style(name, i, ctx.controls)
+            style.pop("marker", None)
+            ax.plot(centers, hist, **style)
             if name == "real":
-                ax.fill_between(centers, hist, color=color(i), alpha=0.12)
+                ax.fill_between(centers, hist, color=style["color"], alpha=0.15)
+            else:
+                i += name not in ctx.controls
         ax.axvspan(0, 1, color="#999999", alpha=0.08, lw=0)
-        ax.set_xlabel("pixel value")
-        ax.set_yticks([])
-        ax.legend(fontsize=8, frameon=False)
-        return save(fig, ctx.figure_path("density"))
+        ax.set_xlabel("pixel value (shaded: the valid range [0, 1])")
+        ax.set_ylabel("density")
+        ax.set_title("Pixel value distribution", fontsize=10)
+        ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        caption = ("Distribution of pixel values over all channels of the real training images and of each "
+                   "distilled set, in pixel space; mass outside the shaded [0, 1] band is no valid image.")
+        return save(fig, ctx.figure_path("density"), caption)
 
 
 PROBES = (Pixels,)

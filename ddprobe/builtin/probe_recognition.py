@@ -125,21 +125,30 @@ class Recognition:
     def _figure(self, ctx, table, models, sets):
         import numpy as np
 
-        from ..report.figures import color, plt, save
+        from ..report.figures import CONTROL_HATCH, color, control_label, plt, save
 
         pyplot = plt()
-        fig, ax = pyplot.subplots(figsize=(max(4, 1.4 * len(sets) + 1), 3.2))
+        fig, ax = pyplot.subplots(figsize=(max(4.5, 1.4 * len(sets) + 2.5), 3.4))
         width = 0.8 / max(1, len(models))
         x = np.arange(len(sets))
+        hatch = [CONTROL_HATCH if s in ctx.controls else "" for s in sets]
         for i, model in enumerate(models):
             vals = [float(table[(table.set == s) & (table.model == model)].recognition.iloc[0]) for s in sets]
             # Bars are labelled by the model that produced them (the paper's notebook mislabels them).
-            ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, label=model, color=color(i + 1))
-        ax.set_xticks(x, sets, rotation=20, ha="right")
+            ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, label=model, color=color(i),
+                   hatch=hatch, edgecolor="white" if not any(hatch) else "#333333", linewidth=0.5)
+            real = float(table[table.model == model].real_test_accuracy.iloc[0]) if len(table) else None
+            if real is not None:
+                ax.axhline(real, color=color(i), linestyle=":", linewidth=1.5, label=f"{model} on real test images")
+        ax.set_xticks(x, [control_label(s) if s in ctx.controls else s for s in sets], rotation=20, ha="right")
         ax.set_ylim(0, 1.05)
+        ax.set_xlabel("distilled set")
         ax.set_ylabel("recognition accuracy")
-        ax.legend(fontsize=8, frameon=False)
-        return save(fig, ctx.figure_path("recognition"))
+        ax.set_title("Recognition: real-trained models classify distilled images", fontsize=10)
+        ax.legend(fontsize=8, frameon=False, title="model", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        caption = ("Accuracy of models trained on real data when classifying each distilled set's images as their "
+                   "labels (bars), beside each model's accuracy on the real test set (dotted line).")
+        return save(fig, ctx.figure_path("recognition"), caption)
 
 
 def _mean(values: list[float]) -> float:

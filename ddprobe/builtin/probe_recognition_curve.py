@@ -210,24 +210,30 @@ class RecognitionCurve:
         return findings, runs
 
     def _figure(self, ctx, curves, models, sets):
-        from ..report.figures import color, plt, save
+        from ..report.figures import plt, save, series_style
 
         pyplot = plt()
-        fig, axes = pyplot.subplots(1, len(models), figsize=(5 * len(models), 3), squeeze=False)
+        fig, axes = pyplot.subplots(1, len(models), figsize=(5 * len(models) + 1.5, 3.2), squeeze=False)
         for a, model in enumerate(models):
             ax = axes[0][a]
-            for i, series in enumerate(["real_test", *sets]):
+            i = 0
+            for series in ["real_test", *sets]:
                 g = curves[(curves.model == model) & (curves.series == series)].groupby("step").accuracy
                 m, s = g.mean(), g.std().fillna(0)
-                col = color(i)
-                ax.plot(m.index, m.values, color=col, lw=1.2, label="real test" if series == "real_test" else series)
-                ax.fill_between(m.index, (m - s).values, (m + s).values, color=col, alpha=0.15, lw=0)
+                style = series_style(series, i, ctx.controls)
+                style.pop("marker", None)
+                i += series not in ctx.controls and series != "real_test"
+                ax.plot(m.index, m.values, **style)
+                ax.fill_between(m.index, (m - s).values, (m + s).values, color=style["color"], alpha=0.15, lw=0)
             ax.set_xlabel("real-data training step")
             ax.set_ylabel("accuracy")
             ax.set_ylim(0, 1.02)
-            ax.set_title(model, fontsize=9)
-            ax.legend(fontsize=7, frameon=False)
-        return save(fig, ctx.figure_path("recognition_curve"))
+            ax.set_title(f"{model} trained on real data", fontsize=9)
+            if a == len(models) - 1:
+                ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        caption = ("While a model trains on real data: its accuracy on the real test set and on each distilled "
+                   "set's images (mean ± standard deviation over runs).")
+        return save(fig, ctx.figure_path("recognition_curve"), caption)
 
 
 PROBES = (RecognitionCurve,)

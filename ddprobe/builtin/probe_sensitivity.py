@@ -235,7 +235,7 @@ class Sensitivity:
     def _figure(self, ctx, table, sets, models, cells):
         import numpy as np
 
-        from ..report.figures import plt, save
+        from ..report.figures import control_label, plt, save
 
         cols = [(m, c) for m in models for c in cells]
         grid = np.full((len(sets), len(cols)), np.nan)
@@ -254,9 +254,14 @@ class Sensitivity:
                             color="white" if grid[i, j] < np.nanmean(grid) else "black")
         label = (lambda m, c: c) if len(models) == 1 else (lambda m, c: f"{m}:{c}")
         ax.set_xticks(range(len(cols)), [label(m, c) for m, c in cols], rotation=35, ha="right", fontsize=8)
-        ax.set_yticks(range(len(sets)), sets, fontsize=8)
+        ax.set_yticks(range(len(sets)), [control_label(s) if s in ctx.controls else s for s in sets], fontsize=8)
+        ax.set_xlabel("training recipe" if len(models) == 1 else "model: training recipe")
+        ax.set_ylabel("distilled set")
+        ax.set_title("Test accuracy under changed training recipes", fontsize=10)
         fig.colorbar(im, ax=ax, label="test accuracy")
-        return save(fig, ctx.figure_path("sensitivity"))
+        caption = ("Mean test accuracy of models trained on each distilled set (rows) with each training recipe "
+                   "of the grid (columns).")
+        return save(fig, ctx.figure_path("sensitivity"), caption)
 
 
 PROBES = (Sensitivity,)
