@@ -53,6 +53,11 @@ class ProbeRecord:
     error: str | None = None
     traceback: str | None = None
     cached: bool = False
+    computed_seconds: float | None = None  # a cached record: how long computing it took originally
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.result.metrics
 
     @property
     def passed(self) -> bool:
@@ -71,8 +76,10 @@ class DistilledRecord:
     control: bool = False
     status: str = "ok"
     error: str | None = None
+    figure: Path | None = None  # a picture of the set's images (figures/distilled-<name>.png)
 
 
+STATUS = {0: "passed", 1: "expectation failed", 3: "probe failed"}
 @dataclass
 class StudyResults:
     """Everything a study produced; reporters turn it into files."""
@@ -105,3 +112,23 @@ class StudyResults:
         if any(not c.passed for p in self.probes for c in p.checks):
             return 1
         return 0
+
+    @property
+    def status(self) -> str:
+        """The overall result in words: ``passed``, ``expectation failed`` or ``probe failed`` (exit 0, 1, 3)."""
+        return STATUS[self.exit_code]
+
+    def probe(self, probe_id: str) -> ProbeRecord:
+        """The record of one probe by its id (``results.probe("recognition").metrics``)."""
+        for record in self.probes:
+            if record.id == probe_id:
+                return record
+        known = ", ".join(p.id for p in self.probes) or "none"
+        raise KeyError(f"no probe {probe_id!r} in these results (probes: {known})")
+
+    def __getitem__(self, probe_id: str) -> ProbeRecord:
+        """``results["recognition"]`` is ``results.probe("recognition")``."""
+        return self.probe(probe_id)
+
+    def __contains__(self, probe_id: object) -> bool:
+        return any(p.id == probe_id for p in self.probes)

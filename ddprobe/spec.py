@@ -165,10 +165,30 @@ def read_toml(path: str | Path) -> tuple[dict[str, Any], bytes]:
         raise SpecError(f"not valid TOML: {exc}", file=str(path)) from None
 
 
-def load_spec(path: str | Path) -> Spec:
-    """Read and validate a TOML study spec; raises :class:`SpecError` listing every problem found."""
-    raw, raw_bytes = read_toml(path)
-    return parse_spec(raw, Path(path), raw_bytes)
+def load_spec(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Spec:
+    """Read and validate a study spec; raises :class:`SpecError` listing every problem found.
+
+    ``source`` is a path to a TOML file, TOML text (a string with a newline or starting with ``[``), or an
+    already parsed dict; without a file, relative paths in the spec are relative to the working directory.
+    ``overrides`` are ``key.path=value`` assignments applied before validation (``ddprobe run --set``).
+    """
+    path: Path | None = None
+    if isinstance(source, dict):
+        raw, raw_bytes = source, None
+    elif isinstance(source, str) and ("\n" in source or source.lstrip().startswith("[")):
+        try:
+            raw, raw_bytes = tomllib.loads(source), source.encode()
+        except tomllib.TOMLDecodeError as exc:
+            raise SpecError(f"not valid TOML: {exc}", file="<spec text>") from None
+    else:
+        path = Path(source)
+        raw, raw_bytes = read_toml(path)
+    if overrides:
+        from .overrides import apply_overrides
+
+        raw = apply_overrides(raw, overrides)
+        raw_bytes = (raw_bytes or repr(source).encode()) + ("\n# --set " + "\n# --set ".join(overrides)).encode()
+    return parse_spec(raw, path, raw_bytes)
 
 
 def parse_spec(raw: dict[str, Any], path: Path | None = None, raw_bytes: bytes | None = None) -> Spec:

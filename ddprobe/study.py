@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import shutil
@@ -192,9 +193,11 @@ def run_probe(study: Study, probe: ProbeSpec, use_cache: bool = True) -> ProbeRe
     ctx = study.context
     ctx.probe_id = probe.id
     key = _probe_cache_key(ctx, study.spec, probe)
+    start = time.perf_counter()
     record = _load_probe(ctx, key, probe) if use_cache else None
     if record is not None:
         ctx.cache.hits["probe-results"] += 1
+        record.computed_seconds, record.seconds = record.seconds, time.perf_counter() - start
     else:
         ctx.cache.misses["probe-results"] += 1
         start = time.perf_counter()
@@ -299,14 +302,20 @@ def run_study(spec: Spec | str | Path, output_dir: str | Path | None = None, onl
 
             raise SpecError([f"--only {u}: no probe with that id; {suggest(u, ids)}" for u in unknown],
                             file=str(spec.path) if spec.path else None)
-    bar = Progress(enabled=progress and console is not None and console.is_terminal, console=console)
+    if progress and console is None:
+        from rich.console import Console
+
+        console = Console(stderr=True, highlight=False)
+    live = progress and console is not None and (console.is_terminal or console.is_jupyter)
+    bar = Progress(enabled=live, console=console)
     started = time.perf_counter()
     study = prepare(spec, out, no_cache=no_cache, console=console, progress=bar)
+    draw_distilled(study)
     pm.hook.study_started(study=study)
-    for probe in spec.probes:
-        if only and probe.id not in only:
-            continue
-        with bar.task(f"probe {probe.id}", total=None):
+    selected = [p for p in spec.probes if not only or p.id in only]
+    overall = StudyProgress(len(selected), bar, console if progress and not live else None)
+    for n, probe in enumerate(selected):
+        with overall.probe(n, probe.id):
             record = run_probe(study, probe, use_cache=not no_cache)
         study.records.append(record)
         if record.status != "ok":
@@ -322,6 +331,7 @@ def run_study(spec: Spec | str | Path, output_dir: str | Path | None = None, onl
     results.provenance["cache"] = study.context.cache.stats()
     pm.hook.study_finished(study=study, results=results)
     write_tables(results)
+    remove_stale_files(results)
     for fmt in reporters if reporters is not None else spec.report.formats:
         try:
             registry.get_reporter(fmt).write(results, out)
@@ -338,3 +348,67 @@ def write_tables(results: StudyResults) -> None:
         for name, table in record.result.tables.items():
             tables.mkdir(parents=True, exist_ok=True)
             table.to_csv(tables / f"{record.id}-{name}.csv", index=False)
+
+
+def draw_distilled(study: Study) -> None:
+    """A picture of each distilled set's images (``figures/distilled-<set>.png``) for the reports."""
+    from .report.figures import mosaic
+
+    ctx = study.context
+    for name, ds in ctx.distilled.items():
+        record = study.distilled.get(name)
+        if record is None:
+            continue
+        kind = "random real images" if record.control else f"{record.distiller or 'imported'} set"
+        try:
+            record.figure = mosaic(
+                ctx.real.to_pixels(ds.images), ds.hard_labels, ds.classes,
+                study.output_dir / "figures" / f"distilled-{name}.png", title=f"{name} ({kind})",
+                caption=f"The images of {name}, one row per class (at most 10 shown per class), in pixel space "
+                        "clipped to [0, 1].")
+        except Exception as exc:  # a picture never costs the study its results
+            study.errors.append(f"picture of distilled set {name!r}: {type(exc).__name__}: {exc}")
+
+
+def remove_stale_files(results: StudyResults) -> None:
+    """Delete PNGs in ``figures/`` and CSVs in ``tables/`` of the output folder that this run's reports do not
+    reference (left by an earlier run of other probes, e.g. before ``--only``). Nothing outside them is touched."""
+    out = results.output_dir
+    keep = {Path(p).resolve() for r in results.probes for p in r.result.figures.values()}
+    keep |= {Path(d.figure).resolve() for d in results.distilled.values() if d.figure}
+    keep |= {(out / "tables" / f"{r.id}-{name}.csv").resolve() for r in results.probes for name in r.result.tables}
+    for folder, suffix in (("figures", ".png"), ("tables", ".csv")):
+        d = out / folder
+        if not d.is_dir():
+            continue
+        for f in d.iterdir():
+            if f.is_file() and f.suffix == suffix and f.resolve() not in keep:
+                f.unlink()
+
+
+class StudyProgress:
+    """The overall line of a run: probe n of m, elapsed time and an estimate of the time left.
+
+    On a terminal or in a notebook it is the top line of the progress display; elsewhere (CI logs) each probe's
+    start is printed as one line.
+    """
+
+    def __init__(self, total: int, bar: Progress, log: Any = None):
+        self.total, self.bar, self.log = total, bar, log
+        self.started = time.perf_counter()
+
+    def eta(self, done: int) -> str:
+        from .report.numbers import fmt_seconds
+
+        elapsed = time.perf_counter() - self.started
+        left = "" if done == 0 else f", about {fmt_seconds(elapsed / done * (self.total - done))} left"
+        return f"{fmt_seconds(elapsed)} elapsed{left}"
+
+    @contextlib.contextmanager
+    def probe(self, n: int, probe_id: str) -> Any:
+        line = f"probe {n + 1} of {self.total}: {probe_id}"
+        if self.log is not None:
+            self.log.print(f"{line} ({self.eta(n)})")
+        with self.bar.task(line, total=None) as task:
+            task.update(status=self.eta(n))
+            yield task

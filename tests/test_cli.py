@@ -66,7 +66,7 @@ def test_list_shows_builtins_with_descriptions():
 
 
 def test_plugins_json():
-    result = CliRunner().invoke(app, ["plugins", "--all"])
+    result = CliRunner().invoke(app, ["plugins", "--all", "--json"])
     data = json.loads(result.output)
     probes = next(p for p in data if p["name"] == "ddprobe.builtin.probes")
     assert probes["hooks"] == ["register_probes"]
@@ -77,7 +77,7 @@ def test_run_end_to_end_exit_codes_and_files(tmp_path):
     result = CliRunner().invoke(app, ["run", str(spec(tmp_path)), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "distilled sets" in result.output and "recognition" in result.output
-    assert "all expectations held" in result.output
+    assert "passed" in result.output and "1 expectation held" in result.output
     assert json.loads((out / "report.json").read_text())["exit_code"] == 0
     assert (out / "report.md").read_text().startswith("# ddprobe study `cli`")
     failing = CliRunner().invoke(app, ["run", str(spec(tmp_path, "> 1.0")), "-o", str(out), "-q"])

@@ -83,7 +83,7 @@ def ddprobe(*args: str, cwd: Path, load: str | None = "ddprobe-coreset") -> subp
 
 
 def test_plugins_lists_coreset_with_version_and_hooks(coreset, tmp_path):
-    result = ddprobe("plugins", cwd=tmp_path)
+    result = ddprobe("plugins", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     plugins = {p["name"]: p for p in json.loads(result.stdout)}
     assert plugins["coreset"] == {"name": "coreset", "hooks": ["register_distillers"],

@@ -63,8 +63,10 @@ class Evaluate:
         table = pd.DataFrame(rows)
         metrics = {f"{r['set']}/{r['model']}": r["mean"] for r in rows}
         best = max(rows, key=lambda r: r["mean"]) if rows else None
-        summary = (f"best: {best['set']} on {best['model']} {best['mean']:.3f} ± {best['std']:.3f} test accuracy"
-                   if best else "no sets")
+        from ..report.numbers import fmt_mean
+
+        summary = (f"best: {best['set']} on {best['model']} {fmt_mean(best['mean'], best['std'], best['seeds'])} "
+                   "test accuracy" if best else "no sets")
         return ProbeResult(metrics=metrics, tables={"accuracy": table}, summary=summary)
 
 

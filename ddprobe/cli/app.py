@@ -16,7 +16,38 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _plain_metavars() -> None:
+    """Help as click writes it: flags without a ``<bool>`` type and arguments as ``SPEC``, not ``{spec}``.
+
+    Newer typer releases label every flag with its Python type and wrap required arguments in braces; both read
+    as syntax to type. Guarded, so a typer without these hooks keeps its own rendering (tests/test_cli_help.py
+    checks the result).
+    """
+    from typer import core
+
+    option = getattr(core, "TyperOption", None)
+    if option is not None and hasattr(option, "display_type_rich"):
+        shown = option.display_type_rich
+
+        def display_type_rich(self, ctx):
+            return None if getattr(self, "is_flag", False) and self.metavar is None else shown(self, ctx)
+
+        option.display_type_rich = display_type_rich
+    argument = getattr(core, "TyperArgument", None)
+    if argument is not None and hasattr(argument, "_usage_display_name"):
+        def _usage_display_name(self):
+            name = self.metavar or self.name.upper()
+            name = name if self.required else f"[{name}]"
+            return name + ("..." if self.nargs != 1 else "")
+
+        argument._usage_display_name = _usage_display_name
+
+
+_plain_metavars()
 
 
 def _version(value: bool) -> None:
@@ -27,8 +58,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: bool | None = typer.Option(None, "--version", callback=_version, is_eager=True,
-                                           help="Show the version and exit."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Show the version and exit."),
 ) -> None:
     """Probe what a distilled dataset really contains."""
 
@@ -48,7 +79,7 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 def _register() -> None:
     from ..plugins import load_plugins
-    from . import inspect, run  # noqa: F401  (modules add their commands to ``app``)
+    from . import init, inspect, run  # noqa: F401  (modules add their commands to ``app``)
 
     pm = load_plugins()
     from . import compare, plan  # noqa: F401  (listed after run and distill in --help)

@@ -14,7 +14,7 @@ KIND_PLURALS = {"datasets": "dataset", "models": "model", "distillers": "distill
 
 
 @app.command()
-def validate(spec: Path = typer.Argument(..., help="Study spec (TOML)")) -> None:
+def validate(spec: Path = typer.Argument(..., metavar="SPEC", help="Study spec (TOML)")) -> None:
     """Check a spec without running anything; exit 2 with every problem listed when it is invalid."""
     from ..errors import SpecError
     from ..spec import load_spec
@@ -23,8 +23,10 @@ def validate(spec: Path = typer.Argument(..., help="Study spec (TOML)")) -> None
         parsed = load_spec(spec)
     except SpecError as exc:
         raise fail(str(exc), 2) from None
-    typer.echo(f"{spec}: ok ({len(parsed.distilled)} distilled sets, {len(parsed.models)} models, "
-               f"{len(parsed.probes)} probes)")
+    from ..report.numbers import plural
+
+    typer.echo(f"{spec}: ok ({plural(len(parsed.distilled), 'distilled set')}, {plural(len(parsed.models), 'model')}, "
+               f"{plural(len(parsed.probes), 'probe')})")
 
 
 @app.command()
@@ -37,10 +39,12 @@ def schema() -> None:
 
 @app.command("list")
 def list_(
-    kind: str = typer.Argument(None, help="datasets, models, distillers, probes, importers or reporters"),
+    kind: str = typer.Argument(None, metavar="[KIND]",
+                               help="datasets, models, distillers, probes, importers or reporters"),
 ) -> None:
     """List what is registered (built-ins and plugins), with one-line descriptions."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from .. import registry
@@ -54,16 +58,36 @@ def list_(
         table = Table(title=plural, title_justify="left", show_header=False, box=None, padding=(0, 2))
         for name, obj in sorted(registry.get_all(KIND_PLURALS[plural]).items()):
             owner = registry.owner_of(KIND_PLURALS[plural], name)
-            origin = "" if owner.startswith("ddprobe.builtin") else f"[dim]({owner})[/dim]"
-            table.add_row(f"[bold]{name}[/bold]", obj.description, origin)
+            origin = "" if owner.startswith("ddprobe.builtin") else f"[dim]({escape(owner)})[/dim]"
+            table.add_row(f"[bold]{escape(name)}[/bold]", escape(obj.description), origin)
         console.print(table)
 
 
 @app.command()
 def plugins(
     all_: bool = typer.Option(False, "--all", help="Include ddprobe's built-in default plugins"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (name, distribution, version, hooks)"),
 ) -> None:
-    """Show installed plugins as JSON: name, distribution version and the hooks they implement."""
+    """Show installed plugins: name, distribution and version, and the hooks they implement."""
     from ..plugins import get_plugins
 
-    typer.echo(json.dumps(get_plugins(include_builtin=all_), indent=2))
+    found = get_plugins(include_builtin=all_)
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    if not found:
+        console.print("no plugins installed" + ("" if all_ else " (--all also lists ddprobe's built-in ones)")
+                      + "; see docs/plugins/writing.md to write one")
+        return
+    table = Table(title="plugins", title_justify="left")
+    for col in ("name", "distribution", "version", "hooks"):
+        table.add_column(col)
+    for p in found:
+        table.add_row(escape(p["name"]), escape(str(p.get("distribution") or "")), escape(str(p.get("version") or "")),
+                      escape(", ".join(p.get("hooks", []))))
+    console.print(table)

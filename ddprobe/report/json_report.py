@@ -23,6 +23,7 @@ def to_dict(results: StudyResults) -> dict[str, Any]:
     for p in results.probes:
         probes.append({
             "id": p.id, "kind": p.kind, "status": p.status, "seconds": round(p.seconds, 3), "cached": p.cached,
+            "computed_seconds": None if p.computed_seconds is None else round(p.computed_seconds, 3),
             "summary": p.result.summary,
             "metrics": {k: _num(float(v)) for k, v in p.result.metrics.items()},
             "checks": [{k: _num(v) for k, v in c.to_json().items()} for c in p.checks],
@@ -40,13 +41,15 @@ def to_dict(results: StudyResults) -> dict[str, Any]:
         "distilled": {
             name: {"distiller": d.distiller, "ipc": d.ipc, "images": d.images, "sha256": d.sha256,
                    "seconds": None if d.seconds is None else round(d.seconds, 3), "control": d.control,
-                   "source": d.source, "status": d.status, "error": d.error}
+                   "source": d.source, "status": d.status, "error": d.error,
+                   "figure": _rel(d.figure, out) if d.figure else None}
             for name, d in results.distilled.items()
         },
         "findings": [f.to_json() for f in results.findings],
         "probes": probes,
         "errors": results.errors,
         "exit_code": results.exit_code,
+        "status": results.status,
         "seconds": round(results.seconds, 3),
     }
 
