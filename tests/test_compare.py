@@ -61,7 +61,8 @@ def test_improvements_never_fail(tmp_path):
 
 def test_lower_is_better_by_default_for_losses(tmp_path):
     assert direction("train", "dm/loss") == "lower"
-    assert direction("evaluate", "dm/convnet") == "higher"
+    assert direction("evaluate", "dm/convnet", declared={"*": "higher"}) == "higher"
+    assert direction("x", "dm/test_accuracy") == "higher"
     assert run(tmp_path, OLD, with_value("train", "dm/loss", 1.2)).exit_code == 1
 
 
@@ -104,6 +105,56 @@ def test_unreadable_input_exits_2(tmp_path):
     assert result.exit_code == 2
     result = CliRunner().invoke(app, ["compare", str(tmp_path / "old.json"), str(tmp_path / "old.json")])
     assert result.exit_code == 2 and "not a report.json" in result.output
+
+
+def test_timings_are_never_judged(tmp_path):
+    old = {"evaluate": {"dm/convnet": 0.8}, "influence": {"audit/exact/seconds": 1.0, "load_seconds": 2.0}}
+    new = {"evaluate": {"dm/convnet": 0.8}, "influence": {"audit/exact/seconds": 9.0, "load_seconds": 0.1}}
+    a, b = report(old), report(new)
+    a["timings"] = {"probes": {"evaluate": 1.0}}  # report.json's separate timings section: not read
+    b["timings"] = {"probes": {"evaluate": 50.0}}
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                                      "--higher", "*"])
+    assert result.exit_code == 0, result.output
+    assert "regress" not in result.output.replace("no regression", "")
+    assert {c.direction for c in compare(a, b) if "seconds" in c.metric} == {"timing"}
+
+
+def test_metrics_without_a_direction_are_shown_not_judged(tmp_path):
+    old = {"agreement": {"dm/mlp/early_step": 38.0, "dm/mlp/accuracy": 0.8}}
+    new = {"agreement": {"dm/mlp/early_step": 12.0, "dm/mlp/accuracy": 0.8}}
+    changes = {c.metric: c for c in compare(report(old), report(new))}
+    assert changes["dm/mlp/early_step"].direction == "none"
+    assert changes["dm/mlp/early_step"].status == "changed" and not changes["dm/mlp/early_step"].regression
+    assert changes["dm/mlp/accuracy"].direction == "higher"  # declared by the agreement probe
+    result = run(tmp_path, old, new)
+    assert result.exit_code == 0 and "changed" in result.output and "-26" in result.output
+
+
+def test_directions_recorded_in_the_report_win(tmp_path):
+    old, new = report({"mine": {"a/score": 1.0}}), report({"mine": {"a/score": 2.0}})
+    for r in (old, new):
+        r["probes"][0]["directions"] = {"*/score": "lower"}
+    (c,) = compare(old, new)
+    assert (c.direction, c.status, c.regression) == ("lower", "regressed", True)
+
+
+def test_run_folders_and_long_names_at_80_columns(tmp_path):
+    long = "a_rather_long_distilled_set_name_from_a_sweep/convnet_width128/test_accuracy"
+    for name, value in (("old", 0.8), ("new", 0.5)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps(report({"evaluate": {long: value}})))
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "old"), str(tmp_path / "new")],
+                                env={"COLUMNS": "80"})
+    assert result.exit_code == 1, result.output
+    assert f"evaluate:{long}" in result.output
+    assert "1 regression " in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = CliRunner().invoke(app, ["compare", str(empty), str(tmp_path / "new")])
+    assert bad.exit_code == 2 and "without a report.json" in bad.output
 
 
 def test_two_runs_of_a_study_compare_clean(tmp_path):

@@ -15,6 +15,7 @@ SUBSET_COLOR, EARLY_COLOR = "#FFC20A", "#0C7BDC"  # the paper's Fig. 4 colours
 class Agreement:
     name = "agreement"
     description = "prediction agreement of distilled-trained models with early-stopped vs subset-trained real models"
+    metric_directions = {"*/accuracy": "higher"}  # agreements and early_step describe, they are not better or worse
     conformance_options = {"subset_models": 3, "subset_fraction": [0.2, 0.5], "subset_epochs": 2, "early_runs": 2,
                            "early_steps": 4, "batch_size": 32, "recipe": {"steps": 5}}
 

@@ -11,6 +11,7 @@ from ..training import RecipeOverride
 class Evaluate:
     name = "evaluate"
     description = "train each architecture on each distilled set over several seeds; real test accuracy"
+    metric_directions = {"*": "higher"}  # every metric is a test accuracy (ddprobe compare)
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")

@@ -37,6 +37,7 @@ class Mixing:
     name = "mixing"
     description = "accuracy after adding k real images per class to each distilled set (paper section 3)"
     findings = (HURTS,)
+    metric_directions = {"*/change": "none", "*/k*": "higher"}  # test accuracies; a change has no better way
     conformance_options = {"k": [0, 2], "seeds": 1, "recipe": {"steps": 5}}
 
     class Options(BaseModel):

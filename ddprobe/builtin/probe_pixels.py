@@ -18,6 +18,7 @@ class Pixels:
     name = "pixels"
     description = "per-channel mean/std/min/max and fraction outside [0, 1] in pixel space, vs real images"
     findings = (OUTSIDE,)
+    metric_directions = {"*/outside_01": "lower"}  # the rest describe the images, no better way (ddprobe compare)
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")

@@ -33,6 +33,7 @@ class Recognition:
     name = "recognition"
     description = "accuracy of real-trained models on each distilled set's images (paper section 3)"
     findings = (RECOGNIZED,)
+    metric_directions = {"*": "higher"}  # accuracies (ddprobe compare)
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")

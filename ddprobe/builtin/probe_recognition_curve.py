@@ -61,6 +61,7 @@ class RecognitionCurve:
     name = "recognition_curve"
     description = "recognition of each distilled set by a real-data model after every training step (paper 4.2)"
     findings = (EARLY,)
+    metric_directions = {"*/final": "higher"}  # steps and test-at-step describe the curve (ddprobe compare)
     conformance_options = {"steps": 6, "seeds": 1}
 
     class Options(BaseModel):

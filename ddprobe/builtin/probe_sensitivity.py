@@ -38,6 +38,7 @@ FIELDS = list(RecipeOverride.model_fields)
 class Sensitivity:
     name = "sensitivity"
     description = "accuracy of each set across training recipes, native DC/DM/MTT protocols and architectures"
+    metric_directions = {"*/spread": "none", "*/spread_ratio": "none", "*/*/*": "higher"}  # accuracies per recipe
     conformance_options = {"presets": ["paper"], "grid": {"lr": [0.01, 0.05]}, "seeds": 1, "length_scale": 0.02}
 
     class Options(BaseModel):

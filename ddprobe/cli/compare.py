@@ -1,9 +1,20 @@
-"""``ddprobe compare OLD NEW``: every metric's change between two runs' report.json; exit 1 on a regression.
+"""``ddprobe compare OLD NEW``: every metric's change between two runs; exit 1 on a regression.
 
-Direction rule: a metric is "higher is better" unless its key matches a ``--lower`` glob or, when no
-``--higher`` glob matches it either, one of ``LOWER_IS_BETTER``. Globs match the metric key (``dm/convnet``) or
-``PROBE_ID:KEY`` (``evaluate:dm/convnet``). A metric regresses when it moved in its worse direction by more
-than the tolerance, became NaN, or is missing from NEW (a probe that failed or stopped reporting it).
+OLD and NEW are run folders (their ``report.json`` is read) or report.json files. Which way is better, per metric
+(the first rule that applies):
+
+1. a metric matching an ``--ignore`` glob: shown, not judged;
+2. a timing (a key ending in ``seconds``; report.json's separate ``timings`` section is not read at all): shown,
+   never judged, since two runs of the same science differ in time;
+3. ``--lower`` then ``--higher`` globs;
+4. the probe's declared ``metric_directions`` (glob -> ``higher``, ``lower`` or ``none``, first match), as the
+   run recorded them in report.json, else as the installed probe declares them;
+5. defaults: ``*loss*`` and ``*error*`` are lower-is-better, accuracy-like keys (``*accuracy*``, ``*acc``) are
+   higher-is-better, and anything else has no better direction: its change is shown, not judged.
+
+Globs match the metric key (``dm/convnet``) or ``PROBE_ID:KEY`` (``evaluate:dm/convnet``). A judged metric
+regresses when it moved in its worse direction by more than the tolerance; any metric regresses when it became
+NaN or is missing from NEW (a probe that failed or stopped reporting it).
 """
 
 from __future__ import annotations
@@ -18,7 +29,9 @@ import typer
 
 from .app import app, fail
 
-LOWER_IS_BETTER = ("*loss*", "*error*", "*seconds*", "*outside_01*")
+LOWER_IS_BETTER = ("*loss*", "*error*")
+HIGHER_IS_BETTER = ("*accuracy*", "*acc")
+DIRECTIONS = ("higher", "lower", "none")
 
 
 @dataclass
@@ -27,8 +40,8 @@ class Change:
     metric: str
     old: float | None
     new: float | None
-    direction: str  # "higher" | "lower" | "ignored"
-    status: str  # better | same | worse (within tolerance) | regressed | now NaN | new | missing | ignored
+    direction: str  # "higher" | "lower" | "none" (not judged) | "timing" (never judged) | "ignored"
+    status: str  # better | same | worse (within tolerance) | regressed | changed | now NaN | new | missing | ignored
     regression: bool = False
 
     @property
@@ -46,15 +59,30 @@ def _matches(probe: str, metric: str, globs: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(metric, g) or fnmatch.fnmatchcase(f"{probe}:{metric}", g) for g in globs)
 
 
-def direction(probe: str, metric: str, higher: list[str] = (), lower: list[str] = (), ignore: list[str] = ()) -> str:
-    """Which way is better for one metric (the rule in the module docstring)."""
+def is_timing(metric: str) -> bool:
+    last = metric.rsplit("/", 1)[-1]
+    return last == "seconds" or last.endswith("_seconds")
+
+
+def direction(probe: str, metric: str, higher: list[str] = (), lower: list[str] = (), ignore: list[str] = (),
+              declared: dict[str, str] | None = None) -> str:
+    """Which way is better for one metric (the rules in the module docstring)."""
     if _matches(probe, metric, list(ignore)):
         return "ignored"
+    if is_timing(metric):
+        return "timing"
     if _matches(probe, metric, list(lower)):
         return "lower"
     if _matches(probe, metric, list(higher)):
         return "higher"
-    return "lower" if _matches(probe, metric, list(LOWER_IS_BETTER)) else "higher"
+    for glob, way in (declared or {}).items():
+        if way in DIRECTIONS and (fnmatch.fnmatchcase(metric, glob)):
+            return way
+    if _matches(probe, metric, list(LOWER_IS_BETTER)):
+        return "lower"
+    if _matches(probe, metric, list(HIGHER_IS_BETTER)):
+        return "higher"
+    return "none"
 
 
 def _metrics(report: dict) -> dict[tuple[str, str], float | None]:
@@ -65,23 +93,39 @@ def _metrics(report: dict) -> dict[tuple[str, str], float | None]:
     return out
 
 
+def _declared(report: dict) -> dict[str, dict[str, str]]:
+    """Per probe id: the directions the run recorded, else those of the installed probe of that kind."""
+    out = {}
+    for probe in report.get("probes", []):
+        found = probe.get("directions")
+        if not isinstance(found, dict) and probe.get("kind"):
+            from ..report.json_report import metric_directions
+
+            found = metric_directions(probe["kind"])
+        out[probe["id"]] = found or {}
+    return out
+
+
 def compare(old: dict, new: dict, tolerance: float = 0.0, relative: bool = False, higher: list[str] = (),
             lower: list[str] = (), ignore: list[str] = (), allow_missing: bool = False) -> list[Change]:
     """Every metric of both reports, in OLD's order then NEW-only ones, with its verdict."""
     before, after = _metrics(old), _metrics(new)
+    declared = {**_declared(old), **_declared(new)}
     changes = []
     for probe, metric in [*before, *(k for k in after if k not in before)]:
         a, b = before.get((probe, metric)), after.get((probe, metric))
-        way = direction(probe, metric, higher, lower, ignore)
+        way = direction(probe, metric, higher, lower, ignore, declared.get(probe))
         regression = False
-        if way == "ignored":
-            status = "ignored"
+        if way in ("ignored", "timing"):
+            status = "ignored" if way == "ignored" else ("same" if a == b else "changed")
         elif (probe, metric) not in after:
             status, regression = "missing", not allow_missing
         elif (probe, metric) not in before or _nan(a):
             status = "new"
         elif _nan(b):
             status, regression = "now NaN", True
+        elif way == "none":
+            status = "same" if a == b else "changed"
         else:
             gain = (b - a) if way == "higher" else (a - b)
             allowed = (tolerance * abs(a) if relative else tolerance) + 1e-9 * max(1.0, abs(a))  # float slack
@@ -98,11 +142,17 @@ def compare(old: dict, new: dict, tolerance: float = 0.0, relative: bool = False
 
 
 def _read(path: Path) -> dict:
+    """A report.json, given as the file or as the run folder that holds it."""
+    if path.is_dir():
+        if not (path / "report.json").is_file():
+            raise fail(f"{path} is a folder without a report.json; give a run folder (ddprobe run -o DIR) or "
+                       "a report.json file", 2)
+        path = path / "report.json"
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise fail(f"{path} does not exist", 2) from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise fail(f"{path} is not a report.json: {exc}", 2) from None
     if not isinstance(data, dict) or not isinstance(data.get("probes"), list):
         raise fail(f"{path} is not a report.json (no 'probes' list)", 2)
@@ -110,31 +160,38 @@ def _read(path: Path) -> dict:
 
 
 def _fmt(x: float | None) -> str:
-    return "—" if x is None else ("nan" if _nan(x) else f"{x:.4g}")
+    from ..report.numbers import fmt
+
+    return fmt(x, missing="—")
 
 
 STYLE = {"better": "green", "same": "dim", "worse": "yellow", "regressed": "bold red", "now NaN": "bold red",
-         "missing": "bold red", "new": "cyan", "ignored": "dim"}
+         "missing": "bold red", "new": "cyan", "changed": "", "ignored": "dim"}
 
 
 @app.command("compare")
 def compare_command(
-    old: Path = typer.Argument(..., help="report.json of the earlier run (the baseline)"),
-    new: Path = typer.Argument(..., help="report.json of the later run"),
-    tolerance: float = typer.Option(0.0, "--tolerance", "-t", min=0.0,
+    old: Path = typer.Argument(..., metavar="OLD", help="The baseline: a run folder or its report.json"),
+    new: Path = typer.Argument(..., metavar="NEW", help="The later run: a run folder or its report.json"),
+    tolerance: float = typer.Option(0.0, "--tolerance", "-t", min=0.0, metavar="T",
                                     help="How far a metric may move the wrong way before it is a regression"),
     relative: bool = typer.Option(False, "--relative", help="Tolerance is a fraction of the old value"),
-    higher: list[str] = typer.Option([], "--higher", help="Glob of metrics where higher is better (repeatable)"),
-    lower: list[str] = typer.Option([], "--lower", help="Glob of metrics where lower is better (repeatable)"),
-    ignore: list[str] = typer.Option([], "--ignore", help="Glob of metrics not to judge (repeatable)"),
+    higher: list[str] = typer.Option([], "--higher", metavar="GLOB",
+                                     help="Metrics where higher is better (repeatable)"),
+    lower: list[str] = typer.Option([], "--lower", metavar="GLOB", help="Metrics where lower is better (repeatable)"),
+    ignore: list[str] = typer.Option([], "--ignore", metavar="GLOB", help="Metrics not to judge (repeatable)"),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="A metric missing from NEW is no regression"),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON instead of a table"),
 ) -> None:
     """Show every metric's change between two runs; exit 1 when one regresses beyond the tolerance.
 
-    Higher is better unless a metric matches --lower or a default lower-is-better glob
-    (*loss*, *error*, *seconds*, *outside_01*). Globs match KEY or PROBE_ID:KEY.
+    Timings (keys ending in seconds) are never judged. Otherwise --ignore, --lower and --higher globs decide,
+    then the directions each probe declares (recorded in report.json), then the defaults: *loss* and *error*
+    lower-is-better, *accuracy* and *acc higher-is-better, anything else shown but not judged.
+    Globs match KEY or PROBE_ID:KEY.
     """
+    from ..report.numbers import fmt_delta, plural
+
     a, b = _read(old), _read(new)
     changes = compare(a, b, tolerance, relative, higher, lower, ignore, allow_missing)
     regressed = [c for c in changes if c.regression]
@@ -144,27 +201,49 @@ def compare_command(
                                "changes": [{**asdict(c), "delta": c.delta} for c in changes]}, indent=2))
         raise typer.Exit(1 if regressed else 0)
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(highlight=False)
     sa, sb = a.get("study", {}), b.get("study", {})
     if sa.get("spec_sha256") and sb.get("spec_sha256") and sa["spec_sha256"] != sb["spec_sha256"]:
         console.print("[yellow]note:[/yellow] the two runs come from different specs")
-    table = Table(title=f"{old} → {new}", title_justify="left")
-    for col, justify in (("probe", "left"), ("metric", "left"), ("better", "left"), ("old", "right"),
-                         ("new", "right"), ("change", "right"), ("verdict", "left")):
-        table.add_column(col, justify=justify)
+    console.print(f"{escape(str(old))} → {escape(str(new))}", soft_wrap=True)
+    # Metric names are what a reader looks for, so they are never cut: when the table does not fit the terminal,
+    # each metric's name gets a line of its own with its numbers on the next.
+    width = max((len(f"{c.probe}:{c.metric}") for c in changes), default=6)
+    stacked = width + 48 > console.width
+
+    def numbers_table(header: bool) -> Table:
+        table = Table(box=None, padding=(0, 1), header_style="bold", show_header=header)
+        if header:
+            table.add_column("metric", no_wrap=True, min_width=width)
+        for col in ("better", "old", "new", "change", "verdict"):
+            table.add_column(col, justify="left" if col in ("better", "verdict") else "right", no_wrap=True)
+        return table
+
+    table = numbers_table(header=not stacked)
     for c in changes:
-        delta = c.delta
-        shown = "" if delta is None else f"{delta:+.4g}"
-        arrow = {"higher": "↑", "lower": "↓"}.get(c.direction, "")
+        arrow = {"higher": "↑", "lower": "↓", "timing": "time", "none": "·"}.get(c.direction, "")
         style = STYLE[c.status] if c.regression or c.status != "missing" else "yellow"
-        table.add_row(c.probe, c.metric, arrow, _fmt(c.old), _fmt(c.new), shown, f"[{style}]{c.status}[/]")
-    console.print(table)
+        status = f"[{style}]{c.status}[/]" if style else c.status
+        cells = [_fmt(c.old), _fmt(c.new), fmt_delta(c.delta), status]
+        if stacked:
+            console.print(f"[bold]{escape(f'{c.probe}:{c.metric}')}[/bold]", soft_wrap=True)
+            row = numbers_table(header=False)
+            row.add_row("  " + arrow, *cells)
+            console.print(row)
+        else:
+            table.add_row(escape(f"{c.probe}:{c.metric}"), arrow, *cells)
+    if not stacked:
+        console.print(table)
     counts = {s: sum(1 for c in changes if c.status == s) for s in STYLE}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     tol = f"{tolerance:g}" + (" (relative)" if relative else "")
+    console.print("[dim]better: ↑ higher, ↓ lower, · no better direction (change shown, not judged), "
+                  "time: a timing (never judged)[/dim]")
     if regressed:
-        console.print(f"[bold red]{len(regressed)} regression(s)[/bold red] beyond tolerance {tol}: {summary}")
+        console.print(f"[bold red]{plural(len(regressed), 'regression')}[/bold red] beyond tolerance {tol}: "
+                      f"{summary}")
         raise typer.Exit(1)
     console.print(f"[green]no regression[/green] beyond tolerance {tol}: {summary or 'no metrics'}")

@@ -31,6 +31,7 @@ def to_dict(results: StudyResults) -> dict[str, Any]:
             "tables": {name: f"tables/{p.id}-{name}.csv" for name in p.result.tables},
             "figures": {name: _rel(path, out) for name, path in p.result.figures.items()},
             "info": p.result.info,
+            "directions": metric_directions(p.kind),
             "error": p.error,
         })
     return {
@@ -52,6 +53,17 @@ def to_dict(results: StudyResults) -> dict[str, Any]:
         "status": results.status,
         "seconds": round(results.seconds, 3),
     }
+
+
+def metric_directions(kind: str) -> dict[str, str]:
+    """The probe's declared ``metric_directions`` (glob -> higher | lower | none), for ``ddprobe compare``."""
+    from .. import registry
+
+    try:
+        declared = getattr(registry.get("probe", kind), "metric_directions", None)
+    except Exception:  # a probe no longer installed: compare falls back to its defaults
+        return {}
+    return {str(k): str(v) for k, v in declared.items()} if isinstance(declared, dict) else {}
 
 
 def _rel(path: Any, base: Path) -> str:
