@@ -203,6 +203,23 @@ class DistilledSet(LabeledData):
     def as_data(self) -> LabeledData:
         return LabeledData(self.images, self.labels, self.classes)
 
+    @classmethod
+    def load(cls, path: str | Path, importer: str | None = None) -> DistilledSet:
+        """A saved set: ddprobe's own format (``NAME.safetensors`` + ``NAME.json``, as ``ddprobe distill`` writes;
+        give either file or the stem), or any file a registered importer reads (``ddprobe list importers``;
+        ``importer`` names one instead of letting them recognize the file)."""
+        p = Path(path)
+        if importer is None and (p.suffix in (".safetensors", ".json") or
+                                 p.with_name(p.name + ".safetensors").exists()):
+            return load_distilled(p)
+        from .builtin.importers import import_file
+
+        return import_file(p, importer)
+
+    def save(self, path: str | Path) -> Path:
+        """Write ddprobe's format (see :func:`save_distilled`); returns the ``.safetensors`` path."""
+        return save_distilled(self, path)
+
 
 def content_hash(images: torch.Tensor, labels: torch.Tensor) -> str:
     h = hashlib.sha256()
