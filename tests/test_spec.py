@@ -97,7 +97,7 @@ def test_cli_validate_exit_codes(tmp_path):
     runner = CliRunner()
     ok = runner.invoke(app, ["validate", str(write(tmp_path, GOOD))])
     assert ok.exit_code == 0, ok.output
-    assert "ok (1 distilled sets, 1 models, 1 probes)" in ok.output
+    assert "ok (1 distilled set, 1 model, 1 probe)" in ok.output
     bad = runner.invoke(app, ["validate", str(write(tmp_path, "[train]\nstepz = 1", "bad.toml"))])
     assert bad.exit_code == 2
     assert "bad.toml: train.stepz: unknown key 'stepz'; did you mean 'steps'?" in bad.output

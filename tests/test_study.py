@@ -113,8 +113,8 @@ def test_study_runs_and_writes_every_report(tmp_path):
     out = tmp_path / "out"
     for name in ("report.json", "report.md", "report.html", "junit.xml"):
         assert (out / name).stat().st_size > 0
-    assert sorted(p.name for p in (out / "figures").glob("*.png")) == ["pixels-density.png",
-                                                                       "recognition-recognition.png"]
+    assert sorted(p.name for p in (out / "figures").glob("*.png")) == [
+        "distilled-file.png", "distilled-random_ipc2.png", "pixels-density.png", "recognition-recognition.png"]
     assert (out / "tables" / "evaluate-accuracy.csv").exists()
     report = json.loads((out / "report.json").read_text())
     schema = json.loads((Path(__file__).parents[1] / "ddprobe/report/report.schema.json").read_text())

@@ -63,7 +63,9 @@ def metric_directions(kind: str) -> dict[str, str]:
         declared = getattr(registry.get("probe", kind), "metric_directions", None)
     except Exception:  # a probe no longer installed: compare falls back to its defaults
         return {}
-    return {str(k): str(v) for k, v in declared.items()} if isinstance(declared, dict) else {}
+    if not isinstance(declared, dict):
+        return {}
+    return {str(k): v for k, v in declared.items() if v in ("higher", "lower", "none")}
 
 
 def _rel(path: Any, base: Path) -> str:
