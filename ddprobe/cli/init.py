@@ -55,7 +55,7 @@ kind = "pixels"
 
 @app.command()
 def init(
-    path: Path = typer.Argument(Path("study.toml"), metavar="[PATH]", help="Where to write the spec"),
+    path: Path = typer.Argument(Path("study.toml"), metavar="PATH", help="Where to write the spec"),
     name: str | None = typer.Option(None, "--name", metavar="NAME", help="Study name (default: the file's stem)"),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing file"),
 ) -> None:

@@ -39,7 +39,7 @@ def schema() -> None:
 
 @app.command("list")
 def list_(
-    kind: str = typer.Argument(None, metavar="[KIND]",
+    kind: str = typer.Argument(None, metavar="KIND",
                                help="datasets, models, distillers, probes, importers or reporters"),
 ) -> None:
     """List what is registered (built-ins and plugins), with one-line descriptions."""
