@@ -96,3 +96,13 @@ def test_run_study_results_by_probe_id_and_progress(tmp_path):
     back = DistilledSet.load(saved)
     assert back.manifest.sha256 == ds.manifest.sha256 and back.classes == ds.classes
     assert DistilledSet.load(tmp_path / "sets" / "r").manifest.sha256 == ds.manifest.sha256
+
+
+def test_set_tables_keep_cost_counters_out():
+    from ddprobe.report.tables import metric_matrices
+
+    metrics = {"real/trace_final": 2.0, "dm/trace_final": 1.0, "real/peak_step": 3.0, "dm/peak_step": 4.0,
+               "products/total": 50.0, "products/max_per_checkpoint": 5.0}
+    (matrix,), rest = metric_matrices(metrics, ["dm"])
+    assert matrix.rows == ["real", "dm"] and matrix.cols == ["trace_final", "peak_step"]
+    assert rest == {"products/total": 50.0, "products/max_per_checkpoint": 5.0}

@@ -206,7 +206,9 @@ class Agreement:
 
 
 def _models(n: int) -> str:
-    return f"{n} model" if n == 1 else f"{n} models"
+    from ..report.numbers import plural
+
+    return plural(n, "model")
 
 
 def _density(ax, v, col, label, members=None):
