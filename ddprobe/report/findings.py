@@ -12,9 +12,10 @@ VERDICT_COLOURS = {"holds": "green", "does not hold": "red", "inconclusive": "ye
 
 
 def _num(v: Any) -> str:
-    if v is None:
-        return "–"
-    return f"{v:+.3f}" if abs(v) < 100 else f"{v:+.4g}"
+    """A signed effect in the shared number format (report.numbers): ``+0.107``, ``-3``, ``0``."""
+    from .numbers import fmt_delta
+
+    return "–" if v is None else fmt_delta(v)
 
 
 def rows(results: StudyResults) -> list[dict[str, str]]:
