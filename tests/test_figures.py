@@ -129,7 +129,7 @@ def test_influence_gallery_titles_readable(tmp_path, digits):
     path = Influence()._gallery(ctx, ds, digits.test, rows, idx, val, "dm", 0)
     titles = [a.get("title", "") for a in read_description(path)["axes"]]
     l0, l1 = int(digits.test.labels[0]), int(digits.test.labels[1])
-    assert f"label {digits.classes[l0]}\ninfluence 5.8" in titles
+    assert f"label {digits.classes[l0]}\ninfluence 5.83" in titles
     assert f"label {digits.classes[l1]}\ninfluence 0.012" in titles
 
 

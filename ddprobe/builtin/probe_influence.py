@@ -247,6 +247,7 @@ class Influence:
     def _gallery(self, ctx, ds, test, rows, helped_idx, helped_val, set_name, c):
         """Paper Fig. 10: each distilled image of class ``c``, then its top-k most helped real test images."""
         from ..report.figures import plt, save
+        from ..report.numbers import fmt
 
         pyplot = plt()
         k = helped_idx.shape[1]
@@ -269,7 +270,7 @@ class Influence:
                     ax.set_title(f"distilled #{i}\nlabel {ds.classes[c]}", fontsize=8, pad=2)
                 else:
                     label = int(test.labels[helped_idx[i, col - 1]])
-                    ax.set_title(f"label {test.classes[label]}\ninfluence {float(helped_val[i, col - 1]):.2g}",
+                    ax.set_title(f"label {test.classes[label]}\ninfluence {fmt(float(helped_val[i, col - 1]))}",
                                  fontsize=8, color="#000000" if label == c else "#D55E00", pad=2)
         fig.suptitle(f"{set_name}, class {ds.classes[c]}: the real test images each distilled image helps most",
                      fontsize=9)
