@@ -108,8 +108,10 @@ def test_unreadable_input_exits_2(tmp_path):
 
 
 def test_timings_are_never_judged(tmp_path):
-    old = {"evaluate": {"dm/convnet": 0.8}, "influence": {"audit/exact/seconds": 1.0, "load_seconds": 2.0}}
-    new = {"evaluate": {"dm/convnet": 0.8}, "influence": {"audit/exact/seconds": 9.0, "load_seconds": 0.1}}
+    old = {"evaluate": {"dm/convnet": 0.8},
+           "influence": {"dm/audit/cg/seconds": 1.0, "load_seconds": 2.0, "dm/seconds_per_retrain": 0.5}}
+    new = {"evaluate": {"dm/convnet": 0.8},
+           "influence": {"dm/audit/cg/seconds": 9.0, "load_seconds": 0.1, "dm/seconds_per_retrain": 3.0}}
     a, b = report(old), report(new)
     a["timings"] = {"probes": {"evaluate": 1.0}}  # report.json's separate timings section: not read
     b["timings"] = {"probes": {"evaluate": 50.0}}

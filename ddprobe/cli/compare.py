@@ -4,8 +4,8 @@ OLD and NEW are run folders (their ``report.json`` is read) or report.json files
 (the first rule that applies):
 
 1. a metric matching an ``--ignore`` glob: shown, not judged;
-2. a timing (a key ending in ``seconds``; report.json's separate ``timings`` section is not read at all): shown,
-   never judged, since two runs of the same science differ in time;
+2. a timing (the key's last part is ``seconds``, ``*_seconds`` or ``seconds_*``; report.json's separate
+   ``timings`` section is not read at all): shown, never judged, since two runs of the same science differ in time;
 3. ``--lower`` then ``--higher`` globs;
 4. the probe's declared ``metric_directions`` (glob -> ``higher``, ``lower`` or ``none``, first match), as the
    run recorded them in report.json, else as the installed probe declares them;
@@ -61,7 +61,7 @@ def _matches(probe: str, metric: str, globs: list[str]) -> bool:
 
 def is_timing(metric: str) -> bool:
     last = metric.rsplit("/", 1)[-1]
-    return last == "seconds" or last.endswith("_seconds")
+    return last == "seconds" or last.endswith("_seconds") or last.startswith("seconds_")
 
 
 def direction(probe: str, metric: str, higher: list[str] = (), lower: list[str] = (), ignore: list[str] = (),
@@ -185,9 +185,10 @@ def compare_command(
 ) -> None:
     """Show every metric's change between two runs; exit 1 when one regresses beyond the tolerance.
 
-    Timings (keys ending in seconds) are never judged. Otherwise --ignore, --lower and --higher globs decide,
-    then the directions each probe declares (recorded in report.json), then the defaults: *loss* and *error*
-    lower-is-better, *accuracy* and *acc higher-is-better, anything else shown but not judged.
+    Timings (keys whose last part is seconds, *_seconds or seconds_*) are never judged. Otherwise --ignore,
+    --lower and --higher globs decide, then the directions each probe declares (recorded in report.json), then
+    the defaults: *loss* and *error* lower-is-better, *accuracy* and *acc higher-is-better, anything else shown
+    but not judged.
     Globs match KEY or PROBE_ID:KEY.
     """
     from ..report.numbers import fmt_delta, plural
