@@ -37,6 +37,13 @@ class Study:
     errors: list[str] = field(default_factory=list)
 
 
+def _plain(text: str) -> str:
+    """Text shown as written on a rich console (an error's ``[...]`` is not markup)."""
+    from rich.markup import escape
+
+    return escape(text)
+
+
 def _say(console: Any, text: str) -> None:
     if console is not None:
         console.print(text)
@@ -260,7 +267,7 @@ def prepare(spec: Spec, output_dir: Path, no_cache: bool = False, console: Any =
             records[dspec.name] = DistilledRecord(dspec.name, dspec.distiller, dspec.ipc, 0, "", None,
                                                   str(dspec.path) if dspec.path else None, control, "error", msg)
             errors.append(f"distilled set {dspec.name!r}: {msg}")
-            _say(console, f"[red]distilled set {dspec.name!r} failed:[/red] {msg}")
+            _say(console, f"[red]distilled set {dspec.name!r} failed:[/red] {_plain(msg)}")
             return
         sets[dspec.name] = ds
         m = ds.manifest
@@ -319,7 +326,7 @@ def run_study(spec: Spec | str | Path, output_dir: str | Path | None = None, onl
             record = run_probe(study, probe, use_cache=not no_cache)
         study.records.append(record)
         if record.status != "ok":
-            _say(console, f"[red]probe {probe.id} failed:[/red] {record.error}")
+            _say(console, f"[red]probe {_plain(probe.id)} failed:[/red] {_plain(record.error or '')}")
         pm.hook.probe_finished(study=study, probe=probe, result=record)
     results = StudyResults(
         name=spec.study.name, seed=spec.study.seed, spec_sha256=spec.sha256,
@@ -337,7 +344,7 @@ def run_study(spec: Spec | str | Path, output_dir: str | Path | None = None, onl
             registry.get_reporter(fmt).write(results, out)
         except Exception as exc:
             results.errors.append(f"reporter {fmt!r}: {type(exc).__name__}: {exc}")
-            _say(console, f"[red]reporter {fmt} failed:[/red] {exc}")
+            _say(console, f"[red]reporter {fmt} failed:[/red] {_plain(str(exc))}")
     return results
 
 

@@ -140,3 +140,27 @@ def test_read_description_of_foreign_png_is_none(tmp_path):
     fig.savefig(tmp_path / "x.png")
     assert read_description(tmp_path / "x.png") is None
     assert read_description(tmp_path / "missing.png") is None
+
+
+def test_mixing_figure_labels_and_control(tmp_path):
+    from ddprobe.builtin.probe_mixing import Mixing
+
+    rows = [{"set": s, "model": "mlp", "k": k, "mean": 0.5 + k / 100, "std": 0.01}
+            for s in ("dm", "random_ipc1") for k in (0, 2, 10)]
+    sets = {s: SimpleNamespace(manifest=SimpleNamespace(ipc=1)) for s in ("dm", "random_ipc1")}
+    d = read_description(Mixing()._figure(fake_ctx(tmp_path), pd.DataFrame(rows), ["mlp"], list(sets), [0, 2, 10],
+                                          sets))
+    assert d["axes"][0]["ylabel"] == "test accuracy"
+    assert d["axes"][0]["xlabel"] == "images per class: distilled + real"
+    assert legend_entries(d) == ["dm", "random_ipc1 (control)"]
+
+
+def test_sensitivity_figure_names_rows_and_columns(tmp_path):
+    from ddprobe.builtin.probe_sensitivity import Sensitivity
+
+    rows = [{"set": s, "model": "mlp", "cell": c, "mean": 0.6} for s in ("dm", "random_ipc1") for c in ("a", "b")]
+    d = read_description(Sensitivity()._figure(fake_ctx(tmp_path), pd.DataFrame(rows), ["dm", "random_ipc1"],
+                                               ["mlp"], ["a", "b"]))
+    main, bar = d["axes"]
+    assert (main["xlabel"], main["ylabel"]) == ("training recipe", "distilled set")
+    assert bar == {"colorbar": "test accuracy"}
