@@ -41,14 +41,15 @@ def test_class_colors_are_qualitative_and_distinct():
 def test_recognition_figure(tmp_path):
     from ddprobe.builtin.probe_recognition import Recognition
 
-    rows = [{"set": s, "model": m, "recognition": 0.5, "real_test_accuracy": 0.9 if m == "convnet" else 0.8}
-            for s in ("dm", "random_ipc1") for m in ("convnet", "mlp")]
+    rows = [{"set": s, "model": m, "recognition": 0.5, "real_test_accuracy": 0.9 if m == "convnet" else 0.8,
+             "models": 1 if m == "convnet" else 3} for s in ("dm", "random_ipc1") for m in ("convnet", "mlp")]
     path = Recognition()._figure(fake_ctx(tmp_path), pd.DataFrame(rows), ["convnet", "mlp"], ["dm", "random_ipc1"])
     d = read_description(path)
     ax = d["axes"][0]
     assert ax["ylabel"] == "recognition accuracy" and ax["xlabel"] == "distilled set"
     assert "Recognition" in ax["title"]
-    assert set(legend_entries(d)) == {"convnet", "mlp", "convnet on real test images", "mlp on real test images"}
+    assert set(legend_entries(d)) == {"convnet", "mlp (mean of 3 models)", "convnet on real test images",
+                                      "mlp on real test images"}
     assert "real test" in d["caption"]
 
 

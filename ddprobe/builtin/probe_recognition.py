@@ -136,7 +136,9 @@ class Recognition:
         for i, model in enumerate(models):
             vals = [float(table[(table.set == s) & (table.model == model)].recognition.iloc[0]) for s in sets]
             # Bars are labelled by the model that produced them (the paper's notebook mislabels them).
-            ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, label=model, color=color(i),
+            n = int(table[table.model == model].models.max()) if "models" in table and len(table) else 1
+            label = model if n == 1 else f"{model} (mean of {n} models)"
+            ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, label=label, color=color(i),
                    hatch=hatch, edgecolor="white" if not any(hatch) else "#333333", linewidth=0.5)
             real = float(table[table.model == model].real_test_accuracy.iloc[0]) if len(table) else None
             if real is not None:
