@@ -79,7 +79,7 @@ class DistilledRecord:
     figure: Path | None = None  # a picture of the set's images (figures/distilled-<name>.png)
 
 
-STATUS = {0: "passed", 1: "expectation failed", 3: "probe failed"}
+STATUS = {0: "passed", 1: "expectation failed", 3: "probe failed", 130: "interrupted"}
 @dataclass
 class StudyResults:
     """Everything a study produced; reporters turn it into files."""
@@ -116,7 +116,7 @@ class StudyResults:
     @property
     def status(self) -> str:
         """The overall result in words: ``passed``, ``expectation failed`` or ``probe failed`` (exit 0, 1, 3)."""
-        return STATUS[self.exit_code]
+        return STATUS.get(self.exit_code, f"exit code {self.exit_code}")
 
     def probe(self, probe_id: str) -> ProbeRecord:
         """The record of one probe by its id (``results.probe("recognition").metrics``)."""

@@ -8,7 +8,8 @@ from ..results import StudyResults
 from .numbers import fmt, fmt_seconds, plural
 from .tables import metric_matrices
 
-VERDICT_STYLE = {"passed": "bold green", "expectation failed": "bold red", "probe failed": "bold red"}
+VERDICT_STYLE = {"passed": "bold green", "expectation failed": "bold red", "probe failed": "bold red",
+                 "interrupted": "bold yellow"}
 
 
 def status_line(results: StudyResults) -> str:
@@ -19,7 +20,7 @@ def status_line(results: StudyResults) -> str:
     failed = sum(not c.passed for c in checks)
     detail = (f"{failed} of {plural(len(checks), 'expectation')} failed" if failed else
               f"{plural(len(checks), 'expectation')} held" if checks else "no expectations")
-    style = VERDICT_STYLE[results.status]
+    style = VERDICT_STYLE.get(results.status, "bold red")
     return (f"[{style}]{results.status}[/{style}] · {detail} · {plural(len(results.probes), 'probe')} · "
             f"{fmt_seconds(results.seconds)} · results in {escape(str(results.output_dir))}")
 

@@ -29,7 +29,7 @@ code{background:#f6f6f6;padding:1px 4px}
 .verdict{padding:.8em 1.2em;border-radius:6px;margin:1em 0;font-size:1.1em}
 .verdict strong{font-size:1.5em;display:block;margin-bottom:.2em}
 .passed{background:#e6f4ea;border:2px solid #137333}.expectation-failed{background:#fef7e0;border:2px solid #b06000}
-.probe-failed{background:#fde7e9;border:2px solid #b00020}.meta{color:#555}nav ol{columns:2}
+.probe-failed,.interrupted{background:#fde7e9;border:2px solid #b00020}.meta{color:#555}nav ol{columns:2}
 figure{margin:1em 0}figcaption{color:#444;font-size:.92em;max-width:900px}.muted{color:#777}
 .sets{display:flex;flex-wrap:wrap;gap:1em}.sets figure{flex:0 1 auto}"""
 
@@ -72,7 +72,9 @@ def overall(results: StudyResults, data: dict[str, Any]) -> str:
     broken = [p for p in data["probes"] if p["status"] != "ok"]
     line = {"passed": f"all {plural(len(checks), 'expectation')} held" if checks else "every probe ran",
             "expectation failed": f"{len(failed)} of {plural(len(checks), 'expectation')} failed",
-            "probe failed": "a probe, distilled set or reporter failed; the others' results are below"}[status]
+            "probe failed": "a probe, distilled set or reporter failed; the others' results are below",
+            "interrupted": "stopped before the end: the results of what finished are below",
+            }.get(status, "")
     parts = [f"<div class='verdict {status.replace(' ', '-')}'><strong>{e(status)}</strong>{e(line)} · "
              f"{plural(len(data['probes']), 'probe')} · {plural(len(data['distilled']), 'distilled set')} · "
              f"{e(fmt_seconds(results.seconds))} · exit code {results.exit_code}"]
