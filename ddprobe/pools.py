@@ -93,6 +93,17 @@ class SubsetPool:
     size: torch.Tensor  # [members] training images
     trained: int  # members trained in this call (0 when all came from the cache)
 
+    def __len__(self) -> int:
+        return int(self.accuracy.numel())
+
+    def extend(self, other: SubsetPool) -> SubsetPool:
+        """This pool followed by ``other``'s members."""
+        import torch
+
+        return SubsetPool(torch.cat([self.predictions, other.predictions]), torch.cat([self.accuracy, other.accuracy]),
+                          torch.cat([self.fraction, other.fraction]), torch.cat([self.size, other.size]),
+                          self.trained + other.trained)
+
 
 @dataclass
 class EarlyPool:
@@ -147,20 +158,48 @@ def _pred_dtype(num_classes: int):
 def subset_pool(ctx: Any, model: str, count: int, fraction: tuple[float, float], recipe: TrainRecipe, *,
                 mode: Mode = "auto", chunk: int = 32) -> SubsetPool:
     """``count`` models each trained on a random per-class fraction of the real training set; test predictions."""
+    low, high = fraction
+    extra = {"fraction": [low, high]}
+    members = [SubsetMember(_member_parts(ctx, "subset", model, recipe, m, extra), f"pool:subset:{m}",
+                            lambda m=m: subset_indices(ctx, m, low, high)) for m in range(count)]
+    return subset_members(ctx, model, members, recipe, mode=mode, chunk=chunk,
+                          description=f"agreement subset pool ({model})")
+
+
+@dataclass
+class SubsetMember:
+    """One subset-trained model: its cache key parts, its seed stream, and (fraction, rows) when it must train."""
+
+    parts: dict
+    seed_name: str
+    rows: Any  # () -> (fraction, training rows)
+
+
+def subset_members(ctx: Any, model: str, members: Sequence[SubsetMember], recipe: TrainRecipe, *,
+                   mode: Mode = "auto", chunk: int = 32, description: str = "subset models") -> SubsetPool:
+    """Subset-trained models' test predictions and accuracies: from the cache (kind ``pool-members``), or trained
+    together and stored member by member."""
     import torch
 
     from .training import accuracy
 
     cache, test = ctx.cache, ctx.real.test
-    low, high = fraction
-    extra = {"fraction": [low, high]}
-    found, missing = _cached_members(ctx, "subset", model, recipe, count, extra)
+    found: dict[int, dict] = {}
+    missing = []
+    for m, member in enumerate(members):
+        got = cache.load_tensors("pool-members", cache.key("pool-members", member.parts))
+        if got is not None:
+            cache.hits["pool-members"] += 1
+            found[m] = got
+        else:
+            cache.misses["pool-members"] += 1
+            missing.append(m)
     if missing:
         jobs, fracs = [], {}
         for m in missing:
-            frac, rows = subset_indices(ctx, m, low, high)
+            frac, rows = members[m].rows()
             fracs[m] = frac
-            jobs.append(TrainJob(f"pool:subset:{m}", ctx.real.train, rows))
+            jobs.append(TrainJob(members[m].seed_name, ctx.real.train, rows))
         test_x, test_y = test.images.to(ctx.device), test.labels
 
         def done(j: int, net: torch.nn.Module) -> None:
@@ -171,16 +210,19 @@ def subset_pool(ctx: Any, model: str, count: int, fraction: tuple[float, float],
             entry = {"pred": logits.argmax(1).cpu().to(_pred_dtype(test.num_classes)),
                      "acc": torch.tensor([accuracy(logits, test_y)]), "fraction": torch.tensor([fracs[m]]),
                      "size": torch.tensor([jobs[j].size])}
-            parts = _member_parts(ctx, "subset", model, recipe, m, extra)
+            parts = members[m].parts
             cache.save_tensors("pool-members", cache.key("pool-members", parts), entry, parts)
             found[m] = entry
 
-        with ctx.progress.task(f"agreement subset pool ({model})", total=count) as task:
-            task.advance(count - len(missing))
+        with ctx.progress.task(description, total=len(members)) as task:
+            task.advance(len(members) - len(missing))
             train_many(ctx, model, jobs, recipe, on_done=done, mode=mode, chunk=chunk, task=task)
-    members = [found[m] for m in range(count)]
-    return SubsetPool(torch.stack([e["pred"].long() for e in members]), torch.cat([e["acc"] for e in members]),
-                      torch.cat([e["fraction"] for e in members]), torch.cat([e["size"] for e in members]),
+    entries = [found[m] for m in range(len(members))]
+    if not entries:
+        return SubsetPool(torch.zeros(0, len(test), dtype=torch.long), torch.zeros(0), torch.zeros(0),
+                          torch.zeros(0, dtype=torch.long), 0)
+    return SubsetPool(torch.stack([e["pred"].long() for e in entries]), torch.cat([e["acc"] for e in entries]),
+                      torch.cat([e["fraction"] for e in entries]), torch.cat([e["size"] for e in entries]),
                       len(missing))
 
 

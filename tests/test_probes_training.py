@@ -87,7 +87,9 @@ def test_agreement_end_to_end_and_pools_cached(make_ctx, random_set):
         for m in ("subset", "early", "difference", "early_step"):
             assert f"{s}/convnet/{m}" in res.metrics
         assert 1 <= res.metrics[f"{s}/convnet/early_step"] <= 8
-    assert res.info["trained"]["convnet"] == {"subset": 6, "early": 3}
+    assert res.info["trained"]["convnet"] == {"subset": 6, "targeted": res.info["growth"]["convnet"]["trained"],
+                                              "early": 3}
+    assert len(res.tables["subset_pool"]) == 6 + res.info["growth"]["convnet"]["added"] <= 12
     assert res.figures["agreement"].exists()
     assert set(res.tables["values"].pool) == {"subset", "early"}
     # the chosen step is the one whose mean early-stopped accuracy is closest to the distilled model's
@@ -99,11 +101,11 @@ def test_agreement_end_to_end_and_pools_cached(make_ctx, random_set):
     ctx2 = small_ctx(make_ctx, random_set)
     ctx2.cache.hits.clear(), ctx2.cache.misses.clear()
     res2 = probe.run(ctx2, opts)
-    assert res2.info["trained"]["convnet"] == {"subset": 0, "early": 0}
+    assert res2.info["trained"]["convnet"] == {"subset": 0, "targeted": 0, "early": 0}
     assert ctx2.cache.misses["models"] == 0 and ctx2.cache.misses["pool-members"] == 0
     assert res2.metrics == pytest.approx(res.metrics, nan_ok=True)
-    res3 = probe.run(ctx2, opts.model_copy(update={"subset_models": 8}))
-    assert res3.info["trained"]["convnet"] == {"subset": 2, "early": 0}
+    res3 = probe.run(ctx2, opts.model_copy(update={"subset_models": 8, "max_subset_models": 8}))
+    assert res3.info["trained"]["convnet"] == {"subset": 2, "targeted": 0, "early": 0}
 
 
 # -- mixing -------------------------------------------------------------------------------------------------------

@@ -1,0 +1,150 @@
+"""The paper's findings (d) agreement, (f) hessian and (g) influence: statistics and verdicts on constructed cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ddprobe.findings import HOLDS, INCONCLUSIVE, NOT_HOLDS
+from ddprobe.training import TrainRecipe
+
+SMALL = {"convnet": ("convnet", {"width": 8, "depth": 2})}
+
+
+# -- (d) agreement: the subset pool is aimed at the accuracies it must match ----------------------------------------
+
+def test_isotonic_fit_and_aimed_fraction():
+    from ddprobe.subset_targeting import aim_fraction, isotonic
+
+    assert isotonic([1, 3, 2, 4]) == pytest.approx([1, 2.5, 2.5, 4])
+    assert isotonic([3, 2, 1]) == pytest.approx([2, 2, 2])
+    fr, acc = [0.01, 0.1], [0.5, 0.9]
+    # halfway in accuracy is halfway in log fraction
+    assert aim_fraction(fr, acc, 0.7, floor=0.001) == pytest.approx(math.sqrt(0.01 * 0.1))
+    assert aim_fraction(fr, acc, 0.3, floor=0.001) == pytest.approx(0.005)  # below the pool: halve the smallest
+    assert aim_fraction(fr, acc, 0.3, floor=0.008) == pytest.approx(0.008)  # ... never below one image per class
+    assert aim_fraction(fr, acc, 0.95, floor=0.001) == pytest.approx(0.2)  # above: double the largest
+    assert aim_fraction([0.6], [0.5], 0.95, floor=0.001) == pytest.approx(1.0)
+
+
+def _fake_members(monkeypatch, curve):
+    """Subset models whose accuracy is ``curve(fraction)``: the search logic without training."""
+    from ddprobe import subset_targeting
+    from ddprobe.pools import SubsetPool
+
+    calls = []
+
+    def fake(ctx, model, members, recipe, **kw):
+        fr = [m.parts["fraction"] for m in members]
+        calls.append(fr)
+        return SubsetPool(torch.zeros(len(fr), 3, dtype=torch.long), torch.tensor([curve(f) for f in fr]),
+                          torch.tensor(fr), torch.ones(len(fr), dtype=torch.long), len(fr))
+
+    monkeypatch.setattr(subset_targeting, "subset_members", fake)
+    return calls
+
+
+def _pool(fractions, curve):
+    from ddprobe.pools import SubsetPool
+
+    return SubsetPool(torch.zeros(len(fractions), 3, dtype=torch.long), torch.tensor([curve(f) for f in fractions]),
+                      torch.tensor(fractions), torch.ones(len(fractions), dtype=torch.long), 0)
+
+
+def test_pool_grows_until_the_distilled_accuracy_is_matched(make_ctx, monkeypatch):
+    from ddprobe.pools import match_subset
+    from ddprobe.subset_targeting import grow_subset_pool
+
+    def curve(f):  # accuracy rises with log fraction: 0.6 at one image per class, 0.95 at 30 %
+        return min(0.99, 0.95 + 0.35 * math.log10(f / 0.3) / 1.6)
+
+    calls = _fake_members(monkeypatch, curve)
+    ctx = make_ctx(models=SMALL)
+    base = _pool([0.1, 0.2, 0.3], curve)  # every base member is far more accurate than 0.82
+    assert not match_subset(base.accuracy, 0.82, 0.02)[0].numel()
+    pool, growth = grow_subset_pool(ctx, "convnet", base, [0.82], TrainRecipe(steps=2), band=0.02, min_matched=3,
+                                    budget=30)
+    assert match_subset(pool.accuracy, 0.82, 0.02)[0].numel() >= 3
+    assert growth.added == len(pool) - 3 <= 30 and not growth.unreachable and calls
+    # a target below what one image per class reaches is declared out of reach within the budget, with why
+    calls.clear()
+    pool, growth = grow_subset_pool(ctx, "convnet", base, [0.3], TrainRecipe(steps=2), band=0.02, min_matched=3,
+                                    budget=40)
+    assert 0.3 in growth.unreachable and "one image per class" in growth.unreachable[0.3]
+    assert growth.added < 40
+    # no budget: nothing grows
+    pool, growth = grow_subset_pool(ctx, "convnet", base, [0.82], TrainRecipe(steps=2), band=0.02, budget=0)
+    assert len(pool) == 3 and growth.added == 0
+
+
+def _unit(early, subset, acc=0.8, closest=0.8, gap=0.0):
+    return {"model": "m", "seed": 0, "accuracy": acc, "early": early, "subset": subset, "closest_subset": closest,
+            "early_gap": gap, "early_accuracy": acc + gap}
+
+
+def test_agreement_without_matched_subset_models_is_inconclusive_and_says_why():
+    from ddprobe.builtin.probe_agreement import AGREEMENT, judge_agreement
+
+    units = [_unit([0.7, 0.72, 0.71], [0.6, 0.61]), _unit([0.7, 0.72, 0.71], [], acc=0.82, closest=0.93)]
+    f = judge_agreement(AGREEMENT, "dm", "agreement", units, band=0.02)
+    assert f.verdict == INCONCLUSIVE
+    assert "no accuracy-matched subset models for 1 of 2" in f.reason and "0.930 vs 0.820" in f.reason
+    far = judge_agreement(AGREEMENT, "dm", "agreement", [_unit([0.7, 0.7], [0.6, 0.6], gap=0.05)], band=0.02)
+    assert far.verdict == INCONCLUSIVE and "early-stopped step" in far.reason
+
+
+def test_agreement_verdicts_from_pool_bootstrap_and_from_seeds():
+    from ddprobe.builtin.probe_agreement import AGREEMENT, judge_agreement
+
+    gen = torch.Generator().manual_seed(0)
+    early = (0.70 + 0.01 * torch.randn(20, generator=gen)).tolist()
+    subset = (0.60 + 0.01 * torch.randn(15, generator=gen)).tolist()
+    one = judge_agreement(AGREEMENT, "dm", "agreement", [_unit(early, subset)], band=0.02)
+    assert one.verdict == HOLDS and one.unit_of_n.startswith("pool models") and one.n == 15
+    assert one.effect == pytest.approx(sum(early) / 20 - sum(subset) / 15)
+    assert one.ci[0] < one.effect < one.ci[1] and one.details["interval"] == "pool"
+    flipped = judge_agreement(AGREEMENT, "dm", "agreement", [_unit(subset, early)], band=0.02)
+    assert flipped.verdict == NOT_HOLDS
+    # one subset model is no sample: inconclusive
+    lone = judge_agreement(AGREEMENT, "dm", "agreement", [_unit(early, subset[:1])], band=0.02)
+    assert lone.verdict == INCONCLUSIVE and lone.n == 1
+    # three distilled-trained models: Student-t over them
+    seeds = [_unit([0.70], [0.60]), _unit([0.72], [0.61]), _unit([0.69], [0.60])]
+    f = judge_agreement(AGREEMENT, "dm", "agreement", seeds, band=0.02)
+    assert f.details["interval"] == "seeds" and f.n == 3 and f.unit_of_n == "distilled-trained models"
+    assert f.verdict == HOLDS and f.effect == pytest.approx((0.10 + 0.11 + 0.09) / 3)
+
+
+def test_agreement_probe_never_falls_back_to_nearest(make_ctx, random_set):
+    """On a pool whose fractions are all far more accurate than the sets, without a budget to grow, the finding is
+    inconclusive, the reason names the closest accuracy, and no row is matched by nearest accuracy."""
+    from ddprobe import registry
+
+    probe = registry.get_probe("agreement")
+    ctx = make_ctx(sets={"r1": random_set(1, seed=1)}, models=SMALL, recipe=TrainRecipe(steps=20),
+                   pretrain=TrainRecipe(epochs=2, batch_size=128, steps=None))
+    opts = probe.Options(subset_models=3, subset_fraction=(0.6, 0.9), subset_epochs=4, early_runs=2, early_steps=6,
+                         batch_size=64, max_subset_models=3, band=0.01)
+    res = probe.run(ctx, opts)
+    row = res.tables["agreement"].iloc[0]
+    assert row.matched_by == "none" and row.subset_matched == 0
+    [f] = res.findings
+    assert f.id == "agreement" and f.set == "r1"
+    assert f.verdict == INCONCLUSIVE and "no accuracy-matched subset models" in f.reason
+    assert f"closest accuracy {row.closest_subset_accuracy:.3f} vs {row.accuracy:.3f}" in f.reason
+    assert "No accuracy-matched subset model" in res.summary
+    assert math.isnan(res.metrics["r1/convnet/subset"])
+    # with a budget the pool grows toward the set's accuracy, and the targeted models are cached
+    grow = opts.model_copy(update={"max_subset_models": 9, "min_matched": 1, "band": 0.1})
+    res = probe.run(ctx, grow)
+    growth = res.info["growth"]["convnet"]
+    assert growth["added"] > 0 and growth["trained"] == growth["added"]
+    pool = res.tables["subset_pool"]
+    assert pool.targeted.sum() == growth["added"] and pool[pool.targeted].fraction.max() < 0.6
+    row = res.tables["agreement"].iloc[0]
+    assert row.matched_by == "band" or "no accuracy-matched subset models" in res.findings[0].reason
+    again = probe.run(ctx, grow)
+    assert again.info["growth"]["convnet"] == {**growth, "trained": 0}
+    assert again.tables["subset_pool"].equals(pool)
