@@ -5,10 +5,11 @@ band around its own. A random pool need not cover that band (on digits none does
 models instead compares with models of another accuracy, which can flip the finding. So when fewer than
 ``min_matched`` pool members fall in a target's band, :func:`grow_subset_pool` trains extra members at fractions
 aimed at the target: it fits accuracy as a non-decreasing function of log fraction (isotonic regression over the
-pool), inverts it at the target, trains the missing number of members at that fraction, and repeats with the grown pool until
-every target is matched, the budget is spent, or a target is out of reach (more or less accurate than subsets of
-one image per class, or than the whole training set, can be). Targeted members are cached one by one under their
-fraction and replicate index, and the search is deterministic, so a rerun loads them instead of training them.
+pool), inverts it at the target, trains the missing number of members at that fraction (their seeds spread their
+accuracies), and repeats with the grown pool until every target is matched, the budget is spent, or a target is out
+of reach (more or less accurate than subsets of one image per class, or than the whole training set, can be).
+Targeted members are cached one by one under their fraction and replicate index, and the search is deterministic,
+so a rerun loads them instead of training them.
 """
 
 from __future__ import annotations
