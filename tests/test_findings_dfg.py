@@ -148,3 +148,62 @@ def test_agreement_probe_never_falls_back_to_nearest(make_ctx, random_set):
     again = probe.run(ctx, grow)
     assert again.info["growth"]["convnet"] == {**growth, "trained": 0}
     assert again.tables["subset_pool"].equals(pool)
+
+
+# -- (f) hessian: the distilled trace peaks and falls, the real one does not --------------------------------------
+
+def _rise_fall(peak_at, top, end, n=21, step=5):
+    """A trace rising linearly to ``top`` at step ``peak_at`` and falling linearly to ``end`` at the last step."""
+    steps = [i * step for i in range(n)]
+    last = steps[-1]
+    return steps, [top * s / peak_at if s <= peak_at else top + (end - top) * (s - peak_at) / (last - peak_at)
+                   for s in steps]
+
+
+def test_hessian_verdicts_on_synthetic_trace_curves():
+    from ddprobe.builtin.probe_hessian import HESSIAN, judge_hessian, relative_drop
+
+    steps, falls = _rise_fall(30, 4000.0, 400.0)
+    _, plateau = _rise_fall(30, 2000.0, 2000.0)
+    drop, peak, rising = relative_drop(falls, steps)
+    assert 0.5 < drop < 0.9 and steps[peak] > 30 and not rising  # the EMA lags the raw peak
+    flat = relative_drop(plateau, steps)  # levels off: its EMA peaks at the end without still rising
+    assert flat[0] == pytest.approx(0.0) and flat[1] == 20 and not flat[2]
+    scale = [1.0, 0.95, 1.05]  # three runs, the same shapes at slightly different heights
+    runs = [([v * c for v in falls], [v * c for v in plateau]) for c in scale]
+    f = judge_hessian(HESSIAN, "mtt", "hessian", steps, runs)
+    assert f.verdict == HOLDS and f.n == 3 and f.effect == pytest.approx(drop)
+    assert f.details["runs"][0]["real_drop"] == pytest.approx(0.0)
+    # both fall alike: does not hold; the real trace falls and the distilled one levels off: does not hold either
+    both = judge_hessian(HESSIAN, "dm", "hessian", steps, [(r[0], r[0]) for r in runs])
+    assert both.verdict == NOT_HOLDS and both.effect == pytest.approx(0.0)
+    assert judge_hessian(HESSIAN, "dm", "hessian", steps, [(r[1], r[0]) for r in runs]).verdict == NOT_HOLDS
+    # one run is never a verdict
+    assert judge_hessian(HESSIAN, "mtt", "hessian", steps, runs[:1]).verdict == INCONCLUSIVE
+    # still rising at the end of the window: too short to see a peak, whatever the numbers say
+    rising = [([v * c for v in steps], p) for c, (_, p) in zip(scale, runs, strict=True)]
+    short = judge_hessian(HESSIAN, "mtt", "hessian", steps, rising)
+    assert short.verdict == INCONCLUSIVE and "still rises at the last checkpoint (step 100) in 3 of 3" in short.reason
+    two = judge_hessian(HESSIAN, "mtt", "hessian", [0, 5], [([0.0, 1.0], [0.0, 1.0])] * 2)
+    assert two.verdict == INCONCLUSIVE and "only 2 checkpoints" in two.reason
+
+
+def test_hessian_seeds_are_independent_runs_and_run_0_keeps_its_cache(make_ctx, random_set):
+    from ddprobe.builtin.probe_hessian import Hessian
+
+    ctx = make_ctx(sets={"random2": random_set(2)}, models=SMALL)
+    probe = Hessian()
+    one = probe.Options(recipe={"steps": 4}, checkpoints=2, real_subsample=60, budget=12, rtol=0.5)
+    first = probe.run(ctx, one)
+    assert set(first.tables["traces"].seed) == {0}
+    [f] = first.findings
+    assert f.id == "hessian" and f.set == "random2" and f.verdict == INCONCLUSIVE and f.n == 1
+    res = probe.run(ctx, one.model_copy(update={"seeds": 2}))
+    traces = res.tables["traces"]
+    assert set(traces.seed) == {0, 1} and len(traces) == 2 * 3 * 2
+    assert res.info["estimates_from_cache"] == 3 * 2  # run 0 came back from the single-run probe's entries
+    run0 = traces[traces.seed == 0].trace.tolist()
+    assert run0 == first.tables["traces"].trace.tolist()
+    assert run0 != traces[traces.seed == 1].trace.tolist()  # another initialization and data order
+    [f] = res.findings
+    assert f.n == 2 and f.unit_of_n == "training runs" and len(f.details["runs"]) == 2

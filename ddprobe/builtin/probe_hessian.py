@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..findings import Finding, FindingSpec
 from ..results import ProbeResult
 from ..training import RecipeOverride, TrainRecipe
 
@@ -37,11 +38,72 @@ def checkpoint_steps(options, total: int) -> list[int]:
     return sorted({s for s in options.checkpoints if s <= total})
 
 
-def cache_base(ctx, model: str, recipe: TrainRecipe, options) -> dict:
+def cache_base(ctx, model: str, recipe: TrainRecipe, options, run: int = 0) -> dict:
     """What a cached measurement depends on besides its set and step: the run's model, recipe and seed, the real
-    data, and the measuring options (the checkpoint list and set selection only say which entries are needed)."""
-    return {"model": ctx.models[model].key(), "recipe": recipe.key(), "seed": ctx.seed, "real": ctx.data_key,
-            "options": options.model_dump(mode="json", exclude={"model", "sets", "recipe", "checkpoints"})}
+    data, and the measuring options (the checkpoint list, set selection and number of runs only say which entries
+    are needed). Run 0 keeps the keys of the single-run probe, so its cache entries stay valid."""
+    base = {"model": ctx.models[model].key(), "recipe": recipe.key(), "seed": ctx.seed, "real": ctx.data_key,
+            "options": options.model_dump(mode="json", exclude={"model", "sets", "recipe", "checkpoints", "seeds"})}
+    return {**base, "run": run} if run else base
+
+
+def run_seed_name(run: int) -> str:
+    """The seed stream (initialization and data order) of training run ``run``; run 0 is the single-run probe's."""
+    return "hessian" if run == 0 else f"hessian:{run}"
+
+
+def probe_rng_name(name: str, step: int, run: int) -> str:
+    """The generator of one measurement: set ``name`` at ``step`` of training run ``run``."""
+    return f"hessian:probes:{name}:{step}" + (f":run{run}" if run else "")
+
+
+HESSIAN = FindingSpec(
+    id="hessian",
+    claim="the Hessian trace on distilled data peaks and then falls during real training, while the real-data "
+          "trace does not",
+    statistic="relative drop of the EMA-smoothed (0.9) distilled trace from its peak to the last checkpoint, "
+              "minus the same relative drop of the real-data trace, per training run",
+    unit_of_n="training runs", threshold=0.1, direction="greater", paper="Sec. 4.3 (A.8)")
+
+
+#: A smoothed trace that peaks at the last checkpoint and rose by more than this share of its final value over the
+#: last quarter of the window is still rising: the window cannot show whether it falls.
+RISING = 0.1
+
+
+def relative_drop(values: list[float], steps: list[int]) -> tuple[float, int, bool]:
+    """(peak - last) / peak of the EMA-smoothed curve (nan when the peak is not > 0), the index of its peak, and
+    whether the curve is still rising at the end of the window (see :data:`RISING`)."""
+    smooth = ema(values, 0.9, steps)
+    peak = max(range(len(smooth)), key=lambda i: smooth[i])
+    top = smooth[peak]
+    quarter = next(i for i, s in enumerate(steps) if s >= steps[-1] - (steps[-1] - steps[0]) / 4)
+    rising = peak == len(smooth) - 1 and top > 0 and (top - smooth[quarter]) / top > RISING
+    return ((top - smooth[-1]) / top if top > 0 else float("nan")), peak, rising
+
+
+def judge_hessian(spec: FindingSpec, set_name: str, probe: str, steps: list[int], runs: list[tuple[list, list]], *,
+                  control: bool = False) -> Finding:
+    """The hessian finding of one set from its traces in each training run: ``runs`` holds, per run, the set's and
+    the real data's trace at ``steps``. Inconclusive when the window cannot show a fall: fewer than three
+    checkpoints, or the set's smoothed trace still rising at the last checkpoint in some run (a trace that has
+    levelled off is judged: it did not fall)."""
+    effects, details = [], {"runs": []}
+    late = 0
+    for set_trace, real_trace in runs:
+        drop, peak, rising = relative_drop(set_trace, steps)
+        real_drop, real_peak, _ = relative_drop(real_trace, steps)
+        late += rising
+        effects.append(drop - real_drop)
+        details["runs"].append({"drop": drop, "real_drop": real_drop, "peak_step": steps[peak],
+                                "real_peak_step": steps[real_peak]})
+    reason = None
+    if len(steps) < 3:
+        reason = f"only {len(steps)} checkpoints: a peak cannot be told from the ends; use at least 3"
+    elif late:
+        reason = (f"the smoothed trace still rises at the last checkpoint (step {steps[-1]}) in {late} of "
+                  f"{len(runs)} runs: the window is too short to see a peak; lengthen the run (recipe.steps)")
+    return spec.judge_runs(set_name, probe, effects, reason=reason, control=control, details=details)
 
 
 def unit_parts(base: dict, data: str, step: int) -> dict:
@@ -53,12 +115,15 @@ class Hessian:
     name = "hessian"
     conformance_options = {"recipe": {"steps": 4}, "checkpoints": 2, "real_subsample": 50, "budget": 10}
     description = "Hessian trace (and top eigenvalues) of the loss on real and distilled data along real training"
+    findings = (HESSIAN,)
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
         model: str | None = Field(None, description="architecture from [models] (default: the first)")
         sets: list[str] = Field([], description="distilled sets (default: all, controls included)")
+        seeds: int = Field(1, ge=1, description="independent real-data training runs (each its own initialization "
+                           "and data order); the finding needs at least 2 (the paper ran 1)")
         recipe: RecipeOverride = Field(
             RecipeOverride(),
             description="changes to the paper's real-data run (batch 256, SGD lr 0.01, momentum 0.9, 300 steps); "
@@ -120,16 +185,17 @@ class Hessian:
         recipe = options.recipe.apply(PAPER_RECIPE)
         total = recipe.total_steps(len(ctx.real.train))
         steps = checkpoint_steps(options, total)
-        base = cache_base(ctx, model, recipe, options)
+        bases = [cache_base(ctx, model, recipe, options, run) for run in range(options.seeds)]
 
         def uncached(identity: str | None) -> int:
             if identity is None:  # a set not made yet: nothing of it can be cached
-                return len(steps)
+                return len(steps) * len(bases)
             return sum(not ctx.cache.has(CACHE_KIND, ctx.cache.key(CACHE_KIND, unit_parts(base, identity, s)))
-                       for s in steps)
+                       for base in bases for s in steps)
 
         real_n = min(options.real_subsample or len(ctx.real.train), len(ctx.real.train))
-        items = [ctx.train_item(model, len(ctx.real.train), recipe, f"real-data {model} run of {total} steps")]
+        items = [ctx.train_item(model, len(ctx.real.train), recipe, f"{options.seeds} real-data {model} run(s) of "
+                                f"{total} steps", options.seeds)]
         todo = uncached("real")
         items.append(ctx.hvp_item(model, real_n, options.budget, f"<= {options.budget} products on {real_n} real "
                                   "images", todo, cached=not todo))
@@ -172,19 +238,19 @@ class Hessian:
             idx = torch.randperm(len(real_train), generator=ctx.rng("hessian:real-subsample"))
             real_data = real_train.subset(idx[: options.real_subsample].sort().values)
         datasets = {"real": real_data.to(ctx.device), **{n: ds.to(ctx.device) for n, ds in sets.items()}}
-        # Each (set, checkpoint) is one cache entry with its own generator, so an interrupted run resumes at the
-        # first checkpoint it had not finished and a study that adds a set or checkpoints computes only those.
-        base = cache_base(ctx, model_name, recipe, options)
+        # Each (run, set, checkpoint) is one cache entry with its own generator, so an interrupted run resumes at
+        # the first checkpoint it had not finished and a study that adds a set, checkpoints or runs computes only those.
         identity = {"real": "real", **{n: ds.manifest.sha256 for n, ds in sets.items()}}
-        measured: dict[tuple[int, str], dict] = {}  # (step, set) -> the measurement's tensors
+        measured: dict[tuple[int, int, str], dict] = {}  # (run, step, set) -> the measurement's tensors
         pending: list[tuple] = []  # (step, set, weights, generator name): measurements for the worker processes
         parallel = ctx.workers > 1 and ctx.device == "cpu"
         shared: dict = {}
         hits_before = ctx.cache.hits[CACHE_KIND]
+        current = {"run": 0, "base": cache_base(ctx, model_name, recipe, options)}
 
         def store(step: int, name: str, tensors: dict) -> None:
-            ctx.cache.store_tensors(CACHE_KIND, unit_parts(base, identity[name], step), tensors)
-            measured[step, name] = tensors
+            ctx.cache.store_tensors(CACHE_KIND, unit_parts(current["base"], identity[name], step), tensors)
+            measured[current["run"], step, name] = tensors
 
         def flush() -> None:
             if not pending:
@@ -201,12 +267,13 @@ class Hessian:
             if state.step not in steps:
                 return
             weights = None
+            run = current["run"]
             for name, data in datasets.items():
-                found = ctx.cache.lookup_tensors(CACHE_KIND, unit_parts(base, identity[name], state.step))
+                found = ctx.cache.lookup_tensors(CACHE_KIND, unit_parts(current["base"], identity[name], state.step))
                 if found is not None:
-                    measured[state.step, name] = found
+                    measured[run, state.step, name] = found
                     continue
-                rng_name = f"hessian:probes:{name}:{state.step}"
+                rng_name = probe_rng_name(name, state.step, run)
                 if parallel:
                     if weights is None:
                         weights = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
@@ -220,65 +287,88 @@ class Hessian:
                 flush()
 
         start = time.perf_counter()
-        with ctx.progress.task(f"hessian: {len(steps)} checkpoints x {len(datasets)} sets", total=len(steps)) as task:
-            net = ctx.build_model(model_name, seed_name="hessian")
-            size = sum(p.numel() for p in net.parameters() if p.requires_grad)
-            if options.estimator == "exact" and size > options.budget - eigen_budget:
-                raise ValueError(f"estimator = 'exact' needs one product per parameter: {size} for {model_name!r}, "
-                                 f"but budget = {options.budget} leaves {options.budget - eigen_budget} for the trace; "
-                                 f"raise budget to at least {size + eigen_budget} or choose another estimator")
-            if parallel:
-                import copy
+        runs = range(options.seeds)
+        with ctx.progress.task(f"hessian: {options.seeds} run(s) x {len(steps)} checkpoints x {len(datasets)} sets",
+                               total=len(steps) * options.seeds) as task:
+            for run in runs:
+                current.update(run=run, base=cache_base(ctx, model_name, recipe, options, run))
+                net = ctx.build_model(model_name, seed_name=run_seed_name(run))
+                size = sum(p.numel() for p in net.parameters() if p.requires_grad)
+                if options.estimator == "exact" and size > options.budget - eigen_budget:
+                    raise ValueError(f"estimator = 'exact' needs one product per parameter: {size} for "
+                                     f"{model_name!r}, but budget = {options.budget} leaves "
+                                     f"{options.budget - eigen_budget} for the trace; raise budget to at least "
+                                     f"{size + eigen_budget} or choose another estimator")
+                if parallel:
+                    import copy
 
-                shared.update(net=copy.deepcopy(net), datasets=datasets, options=options, eigen_budget=eigen_budget,
-                              seed=ctx.seed)
-            ctx.train(net, real_train, recipe, seed_name="hessian", callbacks=[evaluate])
-            flush()
+                    shared.update(net=copy.deepcopy(net), datasets=datasets, options=options,
+                                  eigen_budget=eigen_budget, seed=ctx.seed)
+                ctx.train(net, real_train, recipe, seed_name=run_seed_name(run), callbacks=[evaluate])
+                flush()
         seconds = time.perf_counter() - start
 
         rows: list[dict] = []
         eig_rows: list[dict] = []
         ov_rows: list[dict] = []
         per_checkpoint: list[int] = []
-        for step in steps:
-            used = 0
-            vecs = {}
-            for name in datasets:
-                got = measured[step, name]
-                value, stderr, products, converged = got["trace"].tolist()
-                used += int(products)
-                rows.append({"step": step, "set": name, "trace": value, "stderr": stderr,
-                             "products": int(products), "estimator": ESTIMATORS[int(got["estimator"])],
-                             "converged": bool(converged), "control": name in ctx.controls})
-                if "eigen" in got:
-                    vecs[name] = got["eigenvectors"]
-                    for r, (lam, res, bound, ok) in enumerate(got["eigen"].tolist()):
-                        eig_rows.append({"step": step, "set": name, "rank": r + 1, "eigenvalue": lam,
-                                         "residual": res, "error_bound": bound, "converged": bool(ok)})
-            if "real" in vecs:
-                for name, v in vecs.items():
-                    if name != "real":
-                        ov_rows.append({"step": step, "set": name, "k": options.top_k,
-                                        "overlap": subspace_overlap(vecs["real"], v)})
-            per_checkpoint.append(used)
+        for run in runs:
+            for step in steps:
+                used = 0
+                vecs = {}
+                for name in datasets:
+                    got = measured[run, step, name]
+                    value, stderr, products, converged = got["trace"].tolist()
+                    used += int(products)
+                    rows.append({"seed": run, "step": step, "set": name, "trace": value, "stderr": stderr,
+                                 "products": int(products), "estimator": ESTIMATORS[int(got["estimator"])],
+                                 "converged": bool(converged), "control": name in ctx.controls})
+                    if "eigen" in got:
+                        vecs[name] = got["eigenvectors"]
+                        for r, (lam, res, bound, ok) in enumerate(got["eigen"].tolist()):
+                            eig_rows.append({"seed": run, "step": step, "set": name, "rank": r + 1,
+                                             "eigenvalue": lam, "residual": res, "error_bound": bound,
+                                             "converged": bool(ok)})
+                if "real" in vecs:
+                    for name, v in vecs.items():
+                        if name != "real":
+                            ov_rows.append({"seed": run, "step": step, "set": name, "k": options.top_k,
+                                            "overlap": subspace_overlap(vecs["real"], v)})
+                per_checkpoint.append(used)
 
         table = pd.DataFrame(rows)
         table["ema"] = float("nan")
         metrics: dict[str, float] = {}
-        curves = {}
+        curves = {}  # set -> per run (steps, raw, smooth, stderr)
+        traces: dict[str, list[list[float]]] = {}
         for name in datasets:
-            sub = table[table.set == name].sort_values("step")
-            smooth = ema(sub.trace.tolist(), 0.9, sub.step.tolist())
-            table.loc[sub.index, "ema"] = smooth
-            curves[name] = (sub.step.tolist(), sub.trace.tolist(), smooth, sub.stderr.tolist())
-            peak = max(range(len(smooth)), key=lambda i: smooth[i])
-            metrics[f"{name}/trace_final"] = float(sub.trace.iloc[-1])
-            metrics[f"{name}/trace_peak"] = float(smooth[peak])
-            metrics[f"{name}/peak_step"] = float(sub.step.iloc[peak])
+            finals, peaks, peak_steps = [], [], []
+            for run in runs:
+                sub = table[(table.set == name) & (table.seed == run)].sort_values("step")
+                smooth = ema(sub.trace.tolist(), 0.9, sub.step.tolist())
+                table.loc[sub.index, "ema"] = smooth
+                curves.setdefault(name, []).append((sub.step.tolist(), sub.trace.tolist(), smooth,
+                                                    sub.stderr.tolist()))
+                traces.setdefault(name, []).append(sub.trace.tolist())
+                peak = max(range(len(smooth)), key=lambda i: smooth[i])
+                finals.append(float(sub.trace.iloc[-1]))
+                peaks.append(float(smooth[peak]))
+                peak_steps.append(float(sub.step.iloc[peak]))
+            # with several runs: the mean over runs
+            metrics[f"{name}/trace_final"] = sum(finals) / len(finals)
+            metrics[f"{name}/trace_peak"] = sum(peaks) / len(peaks)
+            metrics[f"{name}/peak_step"] = sum(peak_steps) / len(peak_steps)
         real_final = metrics["real/trace_final"]
         for name in sets:
             metrics[f"{name}/final_ratio"] = (metrics[f"{name}/trace_final"] / real_final if real_final
                                               else float("nan"))
+        findings = []
+        for name in sets:
+            f = judge_hessian(HESSIAN, name, ctx.probe_id or self.name, steps,
+                              list(zip(traces[name], traces["real"], strict=True)), control=name in ctx.controls)
+            findings.append(f)
+            if f.effect is not None:
+                metrics[f"{name}/drop_vs_real"] = f.effect
         tables = {"traces": table}
         if eig_rows:
             eig = pd.DataFrame(eig_rows)
@@ -287,12 +377,13 @@ class Hessian:
             for name in datasets:
                 top = last[(last.set == name) & (last["rank"] == 1)]
                 if len(top):
-                    metrics[f"{name}/lambda_max_final"] = float(top.eigenvalue.iloc[0])
+                    metrics[f"{name}/lambda_max_final"] = float(top.eigenvalue.mean())
         if ov_rows:
             ov = pd.DataFrame(ov_rows)
             tables["overlap"] = ov
-            for row in ov[ov.step == ov.step.max()].itertuples():
-                metrics[f"{row.set}/overlap_final"] = float(row.overlap)
+            last = ov[ov.step == ov.step.max()]
+            for name, group in last.groupby("set"):
+                metrics[f"{name}/overlap_final"] = float(group.overlap.mean())
         metrics["products/max_per_checkpoint"] = float(max(per_checkpoint))
         metrics["products/total"] = float(sum(per_checkpoint))
         fig = self._figure(ctx, curves, steps)
@@ -300,13 +391,14 @@ class Hessian:
         summary = (f"final trace distilled/real at step {steps[-1]}: {ratios or 'no sets'}; real trace "
                    f"{real_final:.3g} (smoothed peak at step {metrics['real/peak_step']:.0f})")
         info = {
-            "model": model_name, "recipe": recipe.key(), "checkpoints": steps, "estimator": options.estimator,
+            "model": model_name, "recipe": recipe.key(), "checkpoints": steps, "seeds": options.seeds,
+            "estimator": options.estimator,
             "stop": options.stop, "rtol": options.rtol, "budget_per_set_and_checkpoint": options.budget,
             "products_per_checkpoint": per_checkpoint, "real_examples": len(real_data), "bn": options.bn,
             "unconverged_estimates": int((~table.converged.astype(bool)).sum()), "seconds": seconds,
             "estimates_from_cache": ctx.cache.hits[CACHE_KIND] - hits_before,
         }
-        return ProbeResult(metrics, tables, {"traces": fig}, summary, info)
+        return ProbeResult(metrics, tables, {"traces": fig}, summary, info, findings=findings)
 
     @staticmethod
     def _measure(model, data, options: Options, generator, eigen_budget: int) -> dict:
@@ -365,16 +457,21 @@ class Hessian:
         pyplot = plt()
         fig, axes = pyplot.subplots(1, 2, figsize=(11, 4), sharey=False)
         i = 0
-        for name, (x, raw, smooth, se) in curves.items():
+        for name, per_run in curves.items():
             style = series_style(name, i, ctx.controls)
             style.pop("marker", None)
             i += name not in ctx.controls and name != "real"
-            axes[0].plot(x, raw, **style)
-            lo = [r - e if e == e and e != float("inf") else r for r, e in zip(raw, se, strict=True)]
-            hi = [r + e if e == e and e != float("inf") else r for r, e in zip(raw, se, strict=True)]
-            axes[0].fill_between(x, lo, hi, color=style["color"], alpha=0.15, lw=0)
-            axes[1].plot(x, smooth, **style)
-        axes[0].set_title("Hessian trace (raw, ± 1 standard error)", fontsize=10)
+            for run, (x, raw, smooth, se) in enumerate(per_run):  # one line per training run, labelled once
+                line = {**style, "label": style.get("label", name) if run == 0 else None,
+                        "alpha": 1.0 if len(per_run) == 1 else 0.7}
+                axes[0].plot(x, raw, **line)
+                lo = [r - e if e == e and e != float("inf") else r for r, e in zip(raw, se, strict=True)]
+                hi = [r + e if e == e and e != float("inf") else r for r, e in zip(raw, se, strict=True)]
+                axes[0].fill_between(x, lo, hi, color=style["color"], alpha=0.15, lw=0)
+                axes[1].plot(x, smooth, **line)
+        runs = len(next(iter(curves.values()))) if curves else 1
+        axes[0].set_title("Hessian trace (raw, ± 1 standard error)" + (f", {runs} runs" if runs > 1 else ""),
+                          fontsize=10)
         axes[1].set_title("Exponential moving average (weight 0.9 on the previous value)", fontsize=10)
         for ax in axes:
             ax.set_xlabel("training iteration")
