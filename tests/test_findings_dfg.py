@@ -207,3 +207,90 @@ def test_hessian_seeds_are_independent_runs_and_run_0_keeps_its_cache(make_ctx, 
     assert run0 != traces[traces.seed == 1].trace.tolist()  # another initialization and data order
     [f] = res.findings
     assert f.n == 2 and f.unit_of_n == "training runs" and len(f.details["runs"]) == 2
+
+
+# -- (g) influence: the most-influenced test images are coherent, by label and beyond it ----------------------------
+
+def test_class_pair_similarity_is_the_mean_over_distinct_pairs():
+    from ddprobe.builtin.influence_coherence import class_pair_similarity, unit_features
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    units = unit_features(torch.randn(9, 4, generator=gen))
+    c = class_pair_similarity(units, labels, 3)
+    for a in range(3):
+        for b in range(3):
+            pairs = [float(units[i] @ units[j]) for i in range(9) for j in range(9)
+                     if i != j and labels[i] == a and labels[j] == b]
+            assert float(c[a, b]) == pytest.approx(sum(pairs) / len(pairs))
+
+
+def _clustered_test_set():
+    """3 classes x 2 sub-clusters x 5 test images: features separate classes and, within a class, sub-clusters."""
+    gen = torch.Generator().manual_seed(1)
+    labels, feats = [], []
+    for c in range(3):
+        for sub in range(2):
+            centre = torch.zeros(6)
+            centre[c] = 3.0
+            centre[3 + sub] = 2.0
+            for _ in range(5):
+                labels.append(c)
+                feats.append(centre + 0.3 * torch.randn(6, generator=gen))
+    return torch.tensor(labels), torch.stack(feats)
+
+
+def _influence_toward(targets, m, noise, gen):
+    """An influence matrix whose row i is largest on the test images ``targets[i]`` (plus noise)."""
+    infl = noise * torch.randn(len(targets), m, generator=gen)
+    for i, t in enumerate(targets):
+        infl[i, t] += 1.0
+    return infl
+
+
+def test_coherence_on_constructed_influence_matrices():
+    from ddprobe.builtin.influence_coherence import coherence, judge, unit_features
+
+    labels, feats = _clustered_test_set()
+    units = unit_features(feats)
+    set_labels = torch.tensor([0, 0, 1, 1, 2, 2])  # two images per class: removing one keeps the class
+    gen = torch.Generator().manual_seed(2)
+    # image i helps exactly one sub-cluster of its class: coherent by label and beyond it
+    sub = [list(range(10 * c + 5 * s, 10 * c + 5 * s + 5)) for c in range(3) for s in range(2)]
+    coherent = [coherence(_influence_toward(sub, 30, 0.01, gen), 5, set_labels, labels, units, 3) for _ in range(3)]
+    assert coherent[0]["label"] == pytest.approx(1 - 1 / 3) and coherent[0]["features"] > 0.2
+    # image i helps its class, but across both sub-clusters alike: coherent by label, not beyond it
+    mixed = [[10 * c + j for j in (0, 1, 5, 6)] for c in (0, 0, 1, 1, 2, 2)]
+    flat = coherence(_influence_toward(mixed, 30, 0.001, gen), 4, set_labels, labels, units, 3)
+    assert flat["label"] == pytest.approx(2 / 3) and flat["features"] < coherent[0]["features"] / 3
+    # influence that is pure noise: both statistics near 0 on average, the verdicts not "holds"
+    noise = [coherence(torch.randn(6, 30, generator=gen), 5, set_labels, labels, units, 3) for _ in range(6)]
+    label_f, feat_f = judge("ctl", "influence", noise, 5, control=True)
+    assert label_f.verdict != HOLDS and feat_f.verdict != HOLDS and label_f.control
+    label_f, feat_f = judge("dm", "influence", coherent, 5)
+    assert (label_f.id, feat_f.id) == ("influence_label", "influence_features")
+    assert label_f.verdict == HOLDS and feat_f.verdict == HOLDS and feat_f.n == 3
+    assert feat_f.unit_of_n == "initializations"
+    # one image per class: the label statistic is trivial and not judged; the feature one still is
+    one = [coherence(_influence_toward(sub[::2], 30, 0.01, gen), 5, torch.tensor([0, 1, 2]), labels, units, 3)
+           for _ in range(3)]
+    label_f, feat_f = judge("dm", "influence", one, 5)
+    assert one[0]["label"] is None and label_f.verdict == INCONCLUSIVE and "removes its class" in label_f.reason
+    assert feat_f.verdict == HOLDS
+    assert judge("dm", "influence", one, 1, no_features="no feature space: x")[1].reason == "no feature space: x"
+
+
+def test_influence_probe_returns_both_findings_per_set(make_ctx, random_set):
+    from ddprobe import registry
+
+    ctx = make_ctx(sets={"r2": random_set(2), "r1": random_set(1, seed=1)}, models=SMALL,
+                   recipe=TrainRecipe(steps=20), pretrain=TrainRecipe(epochs=1, batch_size=256, steps=None))
+    ctx.controls = {"r1"}
+    probe = registry.get_probe("influence")
+    res = probe.run(ctx, probe.Options(inits=2, k=3, test_images=60, gallery_classes=0, backends=["cg"]))
+    found = {(f.id, f.set): f for f in res.findings}
+    assert set(found) == {(i, s) for i in ("influence_label", "influence_features") for s in ("r1", "r2")}
+    assert found["influence_label", "r1"].verdict == INCONCLUSIVE  # one image per class
+    assert found["influence_label", "r2"].n == 2 and found["influence_features", "r2"].n == 2
+    assert found["influence_features", "r1"].control and not found["influence_features", "r2"].control
+    assert res.metrics["r2/coherence_features"] == found["influence_features", "r2"].effect

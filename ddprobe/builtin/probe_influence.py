@@ -13,12 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..results import ProbeResult
 from ..training import RecipeOverride
+from .influence_coherence import FEATURES, LABEL
 
 DEFAULT_BACKENDS = ["explicit", "cg", "lissa", "arnoldi", "tracin"]
 
 
 class Influence:
     name = "influence"
+    findings = (LABEL, FEATURES)
     description = "exact leave-one-out influence of distilled images on real test images, audited approximations"
     # a cheap preset for ddprobe.testing's conformance suite (seconds, every backend exercised)
     conformance_options = {"inits": 2, "k": 2, "recipe": {"steps": 5}, "test_images": 20, "gallery_classes": 1,
@@ -71,7 +73,9 @@ class Influence:
             items.append(ctx.train_item(model, n, recipe, f"{options.inits} x ({n} leave-one-out + 2) retrainings "
                                         f"on {set_name}", options.inits * (n + 2)))
             items.append(PlanItem(f"audit of {len(options.backends)} approximations", "other", seconds=2.0))
-        return items
+        item = ctx.pretrained_item(model)  # its features measure the top-k's coherence beyond the label
+        item.key = f"pretrained:{model}"
+        return [item, *items]
 
     def run(self, ctx, options: Options) -> ProbeResult:
         import pandas as pd
@@ -93,8 +97,14 @@ class Influence:
         figures: dict[str, Any] = {}
         info: dict[str, Any] = {"model": model, "sign": "loss_without_i - loss_full (positive: i helps j)",
                                 "test_images": len(test), "sets": {}}
+        findings: list = []
+        space: dict[str, Any] = {}  # the real-trained model's test features, computed once for every set
         for set_name, ds in ctx.select_sets(options.sets).items():
             out = self._one_set(ctx, options, model, recipe, set_name, ds, test, test_idx)
+            findings += self._findings(ctx, options, model, set_name, ds, test, out.pop("per_init"), space)
+            for f in findings[-2:]:
+                if f.effect is not None:
+                    out["metrics"][f.id.replace("influence_", "coherence_")] = f.effect
             metrics.update({f"{set_name}/{k}": v for k, v in out["metrics"].items()})
             top_rows += out["top"]
             audit_rows += out["audit"]
@@ -109,7 +119,24 @@ class Influence:
         tables = {"sets": pd.DataFrame(set_rows), "top_k": pd.DataFrame(top_rows), "audit": pd.DataFrame(audit_rows)}
         if options.reverse:
             tables["reverse"] = pd.DataFrame(reverse_rows)
-        return ProbeResult(metrics, tables, figures, self._summary(set_rows, audit_rows, options.k), info)
+        return ProbeResult(metrics, tables, figures, self._summary(set_rows, audit_rows, options.k), info,
+                           findings=findings)
+
+    def _findings(self, ctx, options, model, set_name, ds, test, per_init, space) -> list:
+        """influence_label and influence_features for one set, from each initialization's influence matrix."""
+        from .influence_coherence import coherence, judge, unit_features
+        from .probe_embedding import features
+
+        if "units" not in space:
+            try:
+                space["units"] = unit_features(features(ctx.pretrained(model), test.images, ctx.device))
+            except TypeError as exc:  # an architecture without penultimate features (embed)
+                space["units"], space["why"] = None, str(exc)
+        hard, labels = ds.hard_labels.cpu(), test.labels.cpu()
+        per = [coherence(x.cpu(), options.k, hard, labels, space["units"], ds.num_classes) for x in per_init]
+        return judge(set_name, ctx.probe_id or self.name, per, min(options.k, int(per_init.shape[-1])),
+                     control=set_name in ctx.controls,
+                     no_features=None if space["units"] is not None else f"no feature space: {space['why']}")
 
     # -- one distilled set -------------------------------------------------------------------------------------
     def _one_set(self, ctx, options, model, recipe, set_name, ds, test, test_idx) -> dict[str, Any]:
@@ -227,7 +254,7 @@ class Influence:
         info = {"strategy": strategy, "workers": workers, "retrains": retrains, "exact_seconds": seconds,
                 "audit_setup_seconds": setup, "inits": options.inits,
                 "full_run_check": float((problem.full_losses - results[0].loss_full).abs().max())}
-        return {"metrics": metrics, "top": top, "audit": audit, "figures": figures, "info": info}
+        return {"metrics": metrics, "top": top, "audit": audit, "figures": figures, "info": info, "per_init": infl}
 
     def _problem(self, ctx, model, recipe, lr, data, test_x, test_y, stored):
         """Initialization 0's full-set model and its training checkpoints (from the LOO cache entry)."""
