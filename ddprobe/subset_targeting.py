@@ -5,10 +5,11 @@ band around its own. A random pool need not cover that band (on digits none does
 models instead compares with models of another accuracy, which can flip the finding. So when fewer than
 ``min_matched`` pool members fall in a target's band, :func:`grow_subset_pool` trains extra members at fractions
 aimed at the target: it fits accuracy as a non-decreasing function of log fraction (isotonic regression over the
-pool), inverts it at the target, trains the missing number of members at that fraction (their seeds spread their
-accuracies), and repeats with the grown pool until every target is matched, the budget is spent, or a target is out
-of reach (more or less accurate than subsets of one image per class, or than the whole training set, can be).
-Targeted members are cached one by one under their fraction and replicate index, and the search is deterministic,
+pool), inverts it at the target, trains one member at that fraction per round and target (members at one fraction
+differ by seed, which spreads their accuracies), and repeats with the refitted pool until every target is matched,
+the budget is spent, or a target is out of reach (more or less accurate than subsets of one image per class, or
+than the whole training set, can be). Targeted members are cached one by one under their fraction and replicate
+index, and the search is deterministic,
 so a rerun loads them instead of training them.
 """
 
@@ -132,8 +133,9 @@ def grow_subset_pool(ctx: Any, model: str, pool: SubsetPool, targets: Sequence[f
                 growth.unreachable[t] = (f"subsets of {bound} do not reach it ({got} in the band; closest "
                                          f"accuracy {near:.3f})")
                 continue
-            # replicates at the aimed fraction: their seeds spread their accuracies; the next round refits
-            proposals += [f] * (min_matched - match_subset(pool.accuracy, t, band, matching)[0].numel())
+            # one model per unmatched target and round, so the budget is shared among targets and each round
+            # aims from a refitted curve; replicates at one fraction differ by seed, which spreads their accuracies
+            proposals.append(f)
         if not proposals:
             break
         proposals = proposals[: budget - growth.added]

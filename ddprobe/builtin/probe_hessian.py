@@ -66,34 +66,26 @@ HESSIAN = FindingSpec(
     unit_of_n="training runs", threshold=0.1, direction="greater", paper="Sec. 4.3 (A.8)")
 
 
-#: A smoothed trace that peaks at the last checkpoint and rose by more than this share of its final value over the
-#: last quarter of the window is still rising: the window cannot show whether it falls.
-RISING = 0.1
-
-
-def relative_drop(values: list[float], steps: list[int]) -> tuple[float, int, bool]:
-    """(peak - last) / peak of the EMA-smoothed curve (nan when the peak is not > 0), the index of its peak, and
-    whether the curve is still rising at the end of the window (see :data:`RISING`)."""
+def relative_drop(values: list[float], steps: list[int]) -> tuple[float, int]:
+    """(peak - last) / peak of the EMA-smoothed curve (nan when the peak is not > 0), and the index of its peak."""
     smooth = ema(values, 0.9, steps)
     peak = max(range(len(smooth)), key=lambda i: smooth[i])
     top = smooth[peak]
-    quarter = next(i for i, s in enumerate(steps) if s >= steps[-1] - (steps[-1] - steps[0]) / 4)
-    rising = peak == len(smooth) - 1 and top > 0 and (top - smooth[quarter]) / top > RISING
-    return ((top - smooth[-1]) / top if top > 0 else float("nan")), peak, rising
+    return ((top - smooth[-1]) / top if top > 0 else float("nan")), peak
 
 
 def judge_hessian(spec: FindingSpec, set_name: str, probe: str, steps: list[int], runs: list[tuple[list, list]], *,
                   control: bool = False) -> Finding:
     """The hessian finding of one set from its traces in each training run: ``runs`` holds, per run, the set's and
     the real data's trace at ``steps``. Inconclusive when the window cannot show a fall: fewer than three
-    checkpoints, or the set's smoothed trace still rising at the last checkpoint in some run (a trace that has
-    levelled off is judged: it did not fall)."""
+    checkpoints, or the set's smoothed trace at its highest at the last checkpoint in some run (it may still fall
+    after the window)."""
     effects, details = [], {"runs": []}
     late = 0
     for set_trace, real_trace in runs:
-        drop, peak, rising = relative_drop(set_trace, steps)
-        real_drop, real_peak, _ = relative_drop(real_trace, steps)
-        late += rising
+        drop, peak = relative_drop(set_trace, steps)
+        real_drop, real_peak = relative_drop(real_trace, steps)
+        late += peak == len(steps) - 1
         effects.append(drop - real_drop)
         details["runs"].append({"drop": drop, "real_drop": real_drop, "peak_step": steps[peak],
                                 "real_peak_step": steps[real_peak]})
@@ -101,8 +93,8 @@ def judge_hessian(spec: FindingSpec, set_name: str, probe: str, steps: list[int]
     if len(steps) < 3:
         reason = f"only {len(steps)} checkpoints: a peak cannot be told from the ends; use at least 3"
     elif late:
-        reason = (f"the smoothed trace still rises at the last checkpoint (step {steps[-1]}) in {late} of "
-                  f"{len(runs)} runs: the window is too short to see a peak; lengthen the run (recipe.steps)")
+        reason = (f"the smoothed trace peaks at the last checkpoint (step {steps[-1]}) in {late} of {len(runs)} "
+                  "runs: the window is too short to see it fall; lengthen the run (recipe.steps)")
     return spec.judge_runs(set_name, probe, effects, reason=reason, control=control, details=details)
 
 
