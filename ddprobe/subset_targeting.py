@@ -4,13 +4,12 @@ The paper compares a distilled-trained model with the subset-trained models whos
 band around its own. A random pool need not cover that band (on digits none does), and comparing with the closest
 models instead compares with models of another accuracy, which can flip the finding. So when fewer than
 ``min_matched`` pool members fall in a target's band, :func:`grow_subset_pool` trains extra members at fractions
-aimed at the target: it fits accuracy as a non-decreasing function of log fraction (isotonic regression over the
-pool), inverts it at the target, trains one member at that fraction per round and target (members at one fraction
-differ by seed, which spreads their accuracies), and repeats with the refitted pool until every target is matched,
-the budget is spent, or a target is out of reach (more or less accurate than subsets of one image per class, or
-than the whole training set, can be). Targeted members are cached one by one under their fraction and replicate
-index, and the search is deterministic,
-so a rerun loads them instead of training them.
+aimed at the target: it fits the pool's learning curve (logit accuracy linear in log fraction), inverts it at the
+target, trains one member at that fraction per round and target (members at one fraction differ by seed, which
+spreads their accuracies), and repeats with the refitted pool until every target is matched, the budget is spent, or
+a target is out of reach (more or less accurate than subsets of one image per class, or than the whole training set,
+can be). Targeted members are cached one by one under their fraction and replicate index, and the search is
+deterministic, so a rerun loads them instead of training them.
 """
 
 from __future__ import annotations
@@ -33,44 +32,55 @@ if TYPE_CHECKING:
 AT_BOUND = 4
 
 
-def isotonic(values: Sequence[float]) -> list[float]:
-    """The least-squares non-decreasing fit of ``values`` (pool-adjacent-violators)."""
-    blocks: list[list[float]] = []  # [mean, weight]
-    for v in values:
-        blocks.append([float(v), 1.0])
-        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-            m2, w2 = blocks.pop()
-            m1, w1 = blocks.pop()
-            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2])
-    out: list[float] = []
-    for mean, weight in blocks:
-        out += [mean] * int(weight)
-    return out
+#: How far beyond the fractions tried one aim may reach (a factor), so a poor fit cannot overshoot wildly.
+REACH = 4.0
+
+
+def _logit(a: float) -> float:
+    a = min(0.995, max(0.005, a))
+    return math.log(a / (1 - a))
+
+
+@dataclass(frozen=True)
+class LearningCurve:
+    """logit(accuracy) = intercept + slope * log(fraction), fitted over the fractions ``low``..``high``."""
+
+    slope: float
+    intercept: float
+    low: float
+    high: float
+    median_logit: float
+
+    @classmethod
+    def fit(cls, fractions: Sequence[float], accuracies: Sequence[float]) -> LearningCurve:
+        """Theil-Sen: the median of pairwise slopes, so a few unlucky models move the fit little."""
+        import statistics
+
+        if not fractions:
+            raise ValueError("no subset models to aim from")
+        xs = [math.log(f) for f in fractions]
+        ys = [_logit(a) for a in accuracies]
+        slopes = [(ys[j] - ys[i]) / (xs[j] - xs[i]) for i in range(len(xs)) for j in range(i + 1, len(xs))
+                  if abs(xs[j] - xs[i]) > 1e-9]
+        slope = statistics.median(slopes) if slopes else 0.0
+        icept = statistics.median(y - slope * x for x, y in zip(xs, ys, strict=True))
+        return cls(slope, icept, min(fractions), max(fractions), statistics.median(ys))
+
+    def aim(self, target: float, floor: float, ceil: float = 1.0) -> float:
+        """The fraction predicted to reach ``target``, at most :data:`REACH` times beyond the fractions fitted,
+        within [floor, ceil]; without a rising fit, half the smallest or twice the largest fraction."""
+        if self.slope <= 0:
+            f = self.low / 2 if _logit(target) < self.median_logit else self.high * 2
+        else:
+            f = math.exp((_logit(target) - self.intercept) / self.slope)
+            f = min(self.high * REACH, max(self.low / REACH, f))
+        return min(ceil, max(floor, f))
 
 
 def aim_fraction(fractions: Sequence[float], accuracies: Sequence[float], target: float, floor: float,
                  ceil: float = 1.0) -> float:
-    """The fraction at which a subset model is predicted to reach ``target`` accuracy, within [floor, ceil].
-
-    Accuracy is fitted as a non-decreasing function of log fraction; a target below (above) every fitted value
-    halves the smallest (doubles the largest) fraction tried, so the search walks toward it.
-    """
-    pts = sorted(zip(fractions, accuracies, strict=True))
-    if not pts:
-        raise ValueError("no subset models to aim from")
-    xs = [math.log(f) for f, _ in pts]
-    fit = isotonic([a for _, a in pts])
-    if target < fit[0]:
-        return max(floor, min(ceil, pts[0][0] / 2))
-    if target > fit[-1]:
-        return min(ceil, max(floor, pts[-1][0] * 2))
-    i = next(i for i, y in enumerate(fit) if y >= target)
-    if i == 0 or fit[i] == fit[i - 1]:
-        x = xs[i]
-    else:
-        t = (target - fit[i - 1]) / (fit[i] - fit[i - 1])
-        x = xs[i - 1] + t * (xs[i] - xs[i - 1])
-    return min(ceil, max(floor, math.exp(x)))
+    """The fraction at which a subset model is predicted to reach ``target`` accuracy (see :class:`LearningCurve`)."""
+    return LearningCurve.fit(fractions, accuracies).aim(target, floor, ceil)
 
 
 def _key_fraction(f: float) -> float:
@@ -121,11 +131,12 @@ def grow_subset_pool(ctx: Any, model: str, pool: SubsetPool, targets: Sequence[f
             break
         proposals: list[float] = []
         handled: list[float] = []
+        curve = LearningCurve.fit(pool.fraction.tolist(), pool.accuracy.tolist())
         for t in unmet:
             if any(abs(t - h) <= band / 2 for h in handled):  # a neighbour's proposals serve it too
                 continue
             handled.append(t)
-            f = aim_fraction(pool.fraction.tolist(), pool.accuracy.tolist(), t, floor)
+            f = curve.aim(t, floor)
             bound = "one image per class" if f <= floor else "the whole training set" if f >= 1.0 else None
             if bound is not None and replicates.get(_key_fraction(f), 0) >= AT_BOUND:
                 got = match_subset(pool.accuracy, t, band, matching)[0].numel()

@@ -15,18 +15,31 @@ SMALL = {"convnet": ("convnet", {"width": 8, "depth": 2})}
 
 # -- (d) agreement: the subset pool is aimed at the accuracies it must match ----------------------------------------
 
-def test_isotonic_fit_and_aimed_fraction():
-    from ddprobe.subset_targeting import aim_fraction, isotonic
+def _sigmoid_curve(f):
+    """A learning curve, logit(accuracy) linear in log fraction: 0.6 at one image in 150, 0.95 at 30 %."""
+    lo, hi = math.log(1 / 150), math.log(0.3)
+    a0, a1 = math.log(0.6 / 0.4), math.log(0.95 / 0.05)
+    z = a0 + (a1 - a0) * (math.log(f) - lo) / (hi - lo)
+    return 1 / (1 + math.exp(-z))
 
-    assert isotonic([1, 3, 2, 4]) == pytest.approx([1, 2.5, 2.5, 4])
-    assert isotonic([3, 2, 1]) == pytest.approx([2, 2, 2])
-    fr, acc = [0.01, 0.1], [0.5, 0.9]
-    # halfway in accuracy is halfway in log fraction
-    assert aim_fraction(fr, acc, 0.7, floor=0.001) == pytest.approx(math.sqrt(0.01 * 0.1))
-    assert aim_fraction(fr, acc, 0.3, floor=0.001) == pytest.approx(0.005)  # below the pool: halve the smallest
-    assert aim_fraction(fr, acc, 0.3, floor=0.008) == pytest.approx(0.008)  # ... never below one image per class
-    assert aim_fraction(fr, acc, 0.95, floor=0.001) == pytest.approx(0.2)  # above: double the largest
-    assert aim_fraction([0.6], [0.5], 0.95, floor=0.001) == pytest.approx(1.0)
+
+def test_aimed_fraction_inverts_the_fitted_learning_curve():
+    from ddprobe.subset_targeting import aim_fraction
+
+    fr = [0.05, 0.1, 0.2, 0.3]
+    acc = [_sigmoid_curve(f) for f in fr]
+    target = _sigmoid_curve(0.02)
+    assert aim_fraction(fr, acc, target, floor=0.001) == pytest.approx(0.02, rel=1e-6)  # exact for such a curve
+    assert aim_fraction(fr, acc, 0.3, floor=0.001) == pytest.approx(0.05 / 4)  # at most 4x beyond the pool
+    assert aim_fraction(fr, acc, 0.3, floor=0.02) == pytest.approx(0.02)  # ... never below one image per class
+    assert aim_fraction(fr, acc, 0.999, floor=0.001) == pytest.approx(1.0)
+    # no rising fit: walk toward the target
+    assert aim_fraction([0.1, 0.1], [0.8, 0.8], 0.5, floor=0.001) == pytest.approx(0.05)
+    assert aim_fraction([0.1, 0.2], [0.9, 0.8], 0.95, floor=0.001) == pytest.approx(0.4)
+    # one unlucky model at the smallest fraction moves the aim little
+    fr = [0.03 * 10 ** (i / 11) for i in range(12)]
+    noisy = [0.48] + [_sigmoid_curve(f) for f in fr[1:]]
+    assert aim_fraction(fr, noisy, target, floor=0.001) == pytest.approx(0.02, rel=0.1)
 
 
 def _fake_members(monkeypatch, curve):
@@ -57,9 +70,7 @@ def test_pool_grows_until_the_distilled_accuracy_is_matched(make_ctx, monkeypatc
     from ddprobe.pools import match_subset
     from ddprobe.subset_targeting import grow_subset_pool
 
-    def curve(f):  # accuracy rises with log fraction: 0.6 at one image per class, 0.95 at 30 %
-        return min(0.99, 0.95 + 0.35 * math.log10(f / 0.3) / 1.6)
-
+    curve = _sigmoid_curve
     calls = _fake_members(monkeypatch, curve)
     ctx = make_ctx(models=SMALL)
     base = _pool([0.1, 0.2, 0.3], curve)  # every base member is far more accurate than 0.82
