@@ -75,7 +75,7 @@ class Influence:
             items.append(PlanItem(f"audit of {len(options.backends)} approximations", "other", seconds=2.0))
         item = ctx.pretrained_item(model)  # its features measure the top-k's coherence beyond the label
         item.key = f"pretrained:{model}"
-        return [item, *items]
+        return [*items, item]
 
     def run(self, ctx, options: Options) -> ProbeResult:
         import pandas as pd
