@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -74,6 +75,10 @@ def relative_drop(values: list[float], steps: list[int]) -> tuple[float, int]:
     return ((top - smooth[-1]) / top if top > 0 else float("nan")), peak
 
 
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None  # report.json holds no NaN
+
+
 def judge_hessian(spec: FindingSpec, set_name: str, probe: str, steps: list[int], runs: list[tuple[list, list]], *,
                   control: bool = False) -> Finding:
     """The hessian finding of one set from its traces in each training run: ``runs`` holds, per run, the set's and
@@ -87,7 +92,7 @@ def judge_hessian(spec: FindingSpec, set_name: str, probe: str, steps: list[int]
         real_drop, real_peak = relative_drop(real_trace, steps)
         late += peak == len(steps) - 1
         effects.append(drop - real_drop)
-        details["runs"].append({"drop": drop, "real_drop": real_drop, "peak_step": steps[peak],
+        details["runs"].append({"drop": _finite(drop), "real_drop": _finite(real_drop), "peak_step": steps[peak],
                                 "real_peak_step": steps[real_peak]})
     reason = None
     if len(steps) < 3:
