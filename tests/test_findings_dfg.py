@@ -120,7 +120,7 @@ def test_agreement_verdicts_from_pool_bootstrap_and_from_seeds():
     assert flipped.verdict == NOT_HOLDS
     # one subset model is no sample: inconclusive
     lone = judge_agreement(AGREEMENT, "dm", "agreement", [_unit(early, subset[:1])], band=0.02)
-    assert lone.verdict == INCONCLUSIVE and lone.n == 1
+    assert lone.verdict == INCONCLUSIVE and lone.n == 1 and "only 1 matched subset or early-stopped" in lone.reason
     # three distilled-trained models: Student-t over them
     seeds = [_unit([0.70], [0.60]), _unit([0.72], [0.61]), _unit([0.69], [0.60])]
     f = judge_agreement(AGREEMENT, "dm", "agreement", seeds, band=0.02)

@@ -68,6 +68,9 @@ def judge_agreement(spec: FindingSpec, set_name: str, probe: str, units: list[di
         unit = f"pool models (bootstrap; {len(matched)} distilled-trained)"
         if matched and n >= 2:
             ci = _hierarchical_bootstrap(matched, resamples, seed)
+        elif matched and not reasons:
+            reasons.append(f"only {n} matched subset or early-stopped model for a distilled-trained model; a "
+                           "bootstrap over pool models needs at least 2 of each (raise min_matched, early_runs)")
         details["pool_models"] = {"early": [len(u["early"]) for u in matched],
                                   "subset": [len(u["subset"]) for u in matched]}
     return spec.judge(set_name, probe, None if not diffs else float(effect), ci, n, unit_of_n=unit,
