@@ -98,7 +98,7 @@ def test_agreement_panels_count_models_and_single_model_is_points(tmp_path):
 def test_hessian_title_has_no_raw_formula(tmp_path):
     from ddprobe.builtin.probe_hessian import Hessian
 
-    curves = {n: ([0, 10], [1.0, 2.0], [1.0, 1.1], [0.1, 0.1]) for n in ("real", "dm", "random_ipc1")}
+    curves = {n: [([0, 10], [1.0, 2.0], [1.0, 1.1], [0.1, 0.1])] * 2 for n in ("real", "dm", "random_ipc1")}
     d = read_description(Hessian()._figure(fake_ctx(tmp_path), curves, [0, 10]))
     titles = [a["title"] for a in d["axes"]]
     assert not any("_{" in t or "s_t" in t for t in titles)
