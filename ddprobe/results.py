@@ -14,7 +14,12 @@ if TYPE_CHECKING:
 
 @dataclass
 class ProbeResult:
-    """A probe's output: flat metrics (keys like ``dm/convnet``), tables, figure paths and a one-line summary."""
+    """A probe's output: flat metrics (keys like ``dm/convnet``), tables, figure paths and a one-line summary.
+
+    ``metrics`` are scientific results: the same for the same spec and seed, whatever the machine. Wall-clock
+    measurements (seconds, throughput) go to ``timings``, flat ``{str: float}`` too, which report.json keeps apart
+    and which ``compare`` and the determinism checks leave out.
+    """
 
     metrics: dict[str, float] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
@@ -22,6 +27,7 @@ class ProbeResult:
     summary: str = ""
     info: dict[str, Any] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from . import __version__
 from .cache import Cache
 from .context import DistillContext, StudyContext, resolve_device
 from .errors import DDProbeError
+from .guard import InputGuard
 from .plugins import get_plugins, load_plugins
 from .progress import Progress
 from .results import Check, DistilledRecord, ProbeRecord, ProbeResult, StudyResults
@@ -85,12 +86,17 @@ def distilled_cache_parts(spec: Spec, dspec: DistilledSpec, dkey: dict) -> dict[
 
 def build_distilled(spec: Spec, dspec: DistilledSpec, real: RealData, cache: Cache, device: str, dkey: dict,
                     progress: Progress) -> tuple[DistilledSet, bool]:
-    """Import or distill one set (distilled sets are cached by content of what makes them). Returns (set, cached)."""
+    """Import or distill one set (distilled sets are cached by content of what makes them). Returns (set, cached).
+
+    An imported set's content hash is computed here (a hash its manifest claims is checked, never trusted); a
+    cached set is verified against its digests and refitted to the real data, and recomputed when it fails.
+    """
     from .builtin.importers import import_file
-    from .data import check_compatible, load_distilled, save_distilled
+    from .data import check_compatible, content_hash, load_distilled, save_distilled, verify_content_hash
 
     if dspec.path is not None:
         ds = import_file(dspec.path, dspec.importer)
+        verify_content_hash(ds, str(dspec.path))
         if dspec.input_space == "pixels":
             ds.images = real.from_pixels(ds.images)
             ds.manifest.sha256 = None
@@ -103,13 +109,17 @@ def build_distilled(spec: Spec, dspec: DistilledSpec, real: RealData, cache: Cac
         check_compatible(ds, real, where=f"{dspec.name!r} ({dspec.path})")
         return ds, False
     key = cache.key("distilled", distilled_cache_parts(spec, dspec, dkey))
-    found = cache.directory("distilled", key)
+
+    def load(d: Path) -> DistilledSet:
+        got = load_distilled(d / "set.safetensors")
+        check_compatible(got, real, where=f"{dspec.name!r} (cached)")
+        return got
+
+    found = cache.load_directory("distilled", key, load)
     if found is not None:
-        cache.hits["distilled"] += 1
-        ds = load_distilled(found / "set.safetensors")
+        ds = found[0]
         ds.manifest.name = dspec.name
         return ds, True
-    cache.misses["distilled"] += 1
     ctx = _distill_ctx(spec, real, cache, device, dkey, progress, dspec.name)
     start = time.perf_counter()
     ds = dspec.plugin.distill(real, dspec.ipc, dspec.options, ctx)
@@ -121,8 +131,9 @@ def build_distilled(spec: Spec, dspec: DistilledSpec, real: RealData, cache: Cac
     m.seed, m.seconds, m.source_dataset = spec.study.seed, seconds, real.name
     m.input_space = m.input_space or real.space
     m.ddprobe_version = __version__
+    m.sha256 = content_hash(ds.images, ds.labels)  # of what is returned, whatever the distiller's manifest said
     check_compatible(ds, real, where=repr(dspec.name))
-    cache.store_directory("distilled", key, lambda d: save_distilled(ds, d / "set"))
+    cache.store_directory("distilled", key, lambda d: save_distilled(ds, d / "set"), check=load)
     return ds, False
 
 
@@ -156,6 +167,7 @@ def _probe_cache_key(ctx: StudyContext, spec: Spec, probe: ProbeSpec) -> str:
 
 
 def _store_probe(ctx: StudyContext, key: str, record: ProbeRecord) -> None:
+    """Cache a successful probe's result; it is stored only if it reads back (:func:`_read_probe`)."""
     def fill(d: Path) -> None:
         for name, table in record.result.tables.items():
             table.to_csv(d / f"table-{name}.csv", index=False)
@@ -165,33 +177,61 @@ def _store_probe(ctx: StudyContext, key: str, record: ProbeRecord) -> None:
                 shutil.copy(path, d / f"figure-{name}.png")
                 figures[name] = Path(path).name
         (d / "record.json").write_text(json.dumps({
-            "metrics": record.result.metrics, "summary": record.result.summary, "info": record.result.info,
-            "figures": figures, "tables": list(record.result.tables), "seconds": record.seconds,
-            "findings": [f.to_json() for f in record.result.findings],
+            "metrics": record.result.metrics, "timings": record.result.timings, "summary": record.result.summary,
+            "info": record.result.info, "figures": figures, "tables": list(record.result.tables),
+            "seconds": record.seconds, "findings": [f.to_json() for f in record.result.findings],
         }, default=str))
 
-    ctx.cache.store_directory("probe-results", key, fill)
+    ctx.cache.store_directory("probe-results", key, fill, check=_read_probe)
+
+
+def _read_probe(d: Path) -> tuple[dict[str, Any], dict[str, Any], list]:
+    """Parse a cached probe result completely (record, tables, figure files); raise if any part is unusable."""
+    import pandas as pd
+
+    data = json.loads((d / "record.json").read_text())
+    if not isinstance(data, dict):
+        raise ValueError("record.json is not an object")
+    for field_name in ("metrics", "figures", "info"):
+        if not isinstance(data.get(field_name), dict):
+            raise ValueError(f"record.json: {field_name!r} is not an object")
+    if not all(isinstance(v, (int, float)) for v in data["metrics"].values()):
+        raise ValueError("record.json: a metric is not a number")
+    if not isinstance(data.get("tables"), list) or not isinstance(data.get("seconds"), (int, float)):
+        raise ValueError("record.json: 'tables' or 'seconds' is missing")
+    tables = {}
+    for name in data["tables"]:
+        path = d / f"table-{name}.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path.name} is missing")
+        try:
+            tables[name] = pd.read_csv(path)
+        except pd.errors.EmptyDataError:  # a table without columns is written as an empty file
+            tables[name] = pd.DataFrame()
+    for name in data["figures"]:
+        if not (d / f"figure-{name}.png").is_file():
+            raise FileNotFoundError(f"figure-{name}.png is missing")
+    from .findings import Finding
+
+    findings = [Finding.from_json(f) for f in data.get("findings", [])]
+    return data, tables, findings
 
 
 def _load_probe(ctx: StudyContext, key: str, probe: ProbeSpec) -> ProbeRecord | None:
-    import pandas as pd
-
-    d = ctx.cache.directory("probe-results", key)
-    if d is None:
+    """A cached result (counted as a hit), or None (a miss: absent, or damaged and discarded with a warning)."""
+    found = ctx.cache.load_directory("probe-results", key, _read_probe)
+    if found is None:
         return None
-    data = json.loads((d / "record.json").read_text())
+    (data, tables, findings), d = found[0], ctx.cache.path("probe-results", key)
     figures = {}
     fig_dir = ctx.output_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     for name, filename in data["figures"].items():
-        target = fig_dir / filename
+        target = fig_dir / Path(str(filename)).name
         shutil.copy(d / f"figure-{name}.png", target)
         figures[name] = target
-    tables = {name: pd.read_csv(d / f"table-{name}.csv") for name in data["tables"]}
-    from .findings import Finding
-
-    result = ProbeResult(data["metrics"], tables, figures, data["summary"], data.get("info", {}),
-                         [Finding.from_json(f) for f in data.get("findings", [])])
+    result = ProbeResult(data["metrics"], tables, figures, data["summary"], data["info"], findings,
+                         timings=data.get("timings") or {})
     return ProbeRecord(probe.id, probe.kind, "ok", data["seconds"], result, cached=True)
 
 
@@ -203,20 +243,23 @@ def run_probe(study: Study, probe: ProbeSpec, use_cache: bool = True) -> ProbeRe
     start = time.perf_counter()
     record = _load_probe(ctx, key, probe) if use_cache else None
     if record is not None:
-        ctx.cache.hits["probe-results"] += 1
         record.computed_seconds, record.seconds = record.seconds, time.perf_counter() - start
     else:
-        ctx.cache.misses["probe-results"] += 1
+        if not use_cache:
+            ctx.cache.misses["probe-results"] += 1
+        guard = InputGuard(ctx, lambda: load_real(study.spec))  # the probe gets copies of the sets
         start = time.perf_counter()
         try:
             result = probe.plugin.run(ctx, probe.options)
             if not isinstance(result, ProbeResult):
                 raise TypeError(f"probe {probe.kind!r} returned {type(result).__name__}, not a ProbeResult")
+            guard.check(probe.id)  # before caching: a result computed on changed inputs is never stored
             record = ProbeRecord(probe.id, probe.kind, "ok", time.perf_counter() - start, result)
             _store_probe(ctx, key, record)
         except Exception as exc:
             record = ProbeRecord(probe.id, probe.kind, "error", time.perf_counter() - start, ProbeResult(),
                                  error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        guard.release()  # the study's own sets back; real data a probe changed is reloaded
     if record.status == "ok":
         checks: list[Check] = []
         for expectation in probe.expect:
@@ -251,6 +294,10 @@ def prepare(spec: Spec, output_dir: Path, no_cache: bool = False, console: Any =
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DDProbeError(f"study.device is {spec.study.device!r} but CUDA is not available; use 'auto' or 'cpu'")
     cache = make_cache(spec, no_cache)
+    if console is not None:
+        from rich.markup import escape
+
+        cache.report = lambda message: _say(console, f"[yellow]warning:[/yellow] {escape(message)}")
     output_dir.mkdir(parents=True, exist_ok=True)
     real = load_real(spec)
     dkey = data_key(spec, real)
@@ -336,6 +383,7 @@ def run_study(spec: Spec | str | Path, output_dir: str | Path | None = None, onl
     )
     results.seconds = time.perf_counter() - started
     results.provenance["cache"] = study.context.cache.stats()
+    results.provenance["cache_warnings"] = list(study.context.cache.warnings)
     pm.hook.study_finished(study=study, results=results)
     write_tables(results)
     remove_stale_files(results)

@@ -82,7 +82,7 @@ def _register() -> None:
     from . import init, inspect, run  # noqa: F401  (modules add their commands to ``app``)
 
     pm = load_plugins()
-    from . import compare, plan  # noqa: F401  (listed after run and distill in --help)
+    from . import cache, compare, plan  # noqa: F401  (listed after run and distill in --help)
     pm.hook.register_commands(app=app)
 
 

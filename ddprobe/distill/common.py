@@ -142,33 +142,57 @@ def run_key(distiller: str, options: Any, ipc: int, ctx: DistillContext, model: 
 
 
 class Checkpointer:
-    """Periodic, atomic checkpoints of a distillation's state under ``ctx.checkpoint_dir`` (none when unset)."""
+    """Periodic, atomic checkpoints of a distillation's state under ``ctx.checkpoint_dir`` (none when unset).
+
+    Each checkpoint carries a digest sidecar (``<key>.pt.digest.json``); one that is missing, damaged or unreadable
+    is reported as a cache warning, removed, and the distillation starts from the beginning.
+    """
 
     def __init__(self, ctx: DistillContext, key: str, every: int):
         self.every = every
+        self.cache = ctx.cache
         self.path: Path | None = None
         if ctx.checkpoint_dir is not None and every > 0:
             self.path = Path(ctx.checkpoint_dir) / f"{key}.pt"
 
     def load(self) -> dict[str, Any] | None:
-        if self.path is None or not self.path.exists():
+        from ..cache.integrity import file_problem
+
+        if self.path is None or not self.path.exists() or not self.cache.read:
             return None
-        return torch.load(self.path, map_location="cpu", weights_only=True)
+        problem = file_problem(self.path)
+        if problem is None:
+            try:
+                state = torch.load(self.path, map_location="cpu", weights_only=True)
+                if isinstance(state, dict) and "iteration" in state:
+                    return state
+                problem = "unreadable (not a distillation state)"
+            except Exception as exc:
+                problem = f"unreadable ({type(exc).__name__}: {exc})"
+        self.cache.warn(f"distillation checkpoint {self.path} is {problem}; ignoring it and starting over")
+        self.clear()
+        return None
 
     def due(self, done: int, total: int) -> bool:
         return self.path is not None and done < total and done % self.every == 0
 
     def save(self, state: dict[str, Any]) -> None:
+        from ..cache.integrity import write_sidecar
+
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
         torch.save(state, tmp)
         os.replace(tmp, self.path)
+        write_sidecar(self.path)
 
     def clear(self) -> None:
-        if self.path is not None and self.path.exists():
-            self.path.unlink()
+        from ..cache.integrity import sidecar
+
+        if self.path is not None:
+            for p in (self.path, sidecar(self.path)):
+                p.unlink(missing_ok=True)
 
 
 def _to_cpu(obj: Any) -> Any:

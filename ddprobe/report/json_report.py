@@ -26,6 +26,7 @@ def to_dict(results: StudyResults) -> dict[str, Any]:
             "computed_seconds": None if p.computed_seconds is None else round(p.computed_seconds, 3),
             "summary": p.result.summary,
             "metrics": {k: _num(float(v)) for k, v in p.result.metrics.items()},
+            "timings": {k: _num(float(v)) for k, v in p.result.timings.items()},
             "checks": [{k: _num(v) for k, v in c.to_json().items()} for c in p.checks],
             "findings": [f.id + "/" + f.set for f in p.result.findings],
             "tables": {name: f"tables/{p.id}-{name}.csv" for name in p.result.tables},
