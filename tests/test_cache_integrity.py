@@ -394,10 +394,10 @@ def test_imported_set_whose_manifest_claims_another_hash_is_refused(tmp_path, di
 
 # -- the conformance kit --------------------------------------------------------------------------------------------
 def test_conformance_kit_catches_a_probe_that_changes_its_inputs(ddprobe_real, tmp_path):
+    from pydantic import BaseModel, ConfigDict
+
     from ddprobe.results import ProbeResult
     from ddprobe.testing import ConformanceError, check_probe
-
-    from pydantic import BaseModel, ConfigDict
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
