@@ -479,3 +479,69 @@ def test_cache_clear_asks_first(tmp_path):
     res = _cli("cache", "clear", "-d", str(tmp_path / "c"), "--yes")
     assert res.exit_code == 0 and "cleared" in res.output
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["notes.txt"]  # only what ddprobe wrote goes
+
+
+# -- workers ----------------------------------------------------------------------------------------------------------
+WORKERS_SPEC = """
+[study]
+name = "workers"
+seed = 0
+device = "cpu"
+workers = {workers}
+
+[data]
+dataset = "digits"
+
+[train]
+steps = 20
+batch_size = "full"
+
+[pretrain]
+epochs = 2
+batch_size = 256
+
+[models]
+convnet = {{ arch = "convnet", width = 4, depth = 1 }}
+
+[distilled.r]
+distiller = "random"
+ipc = 1
+
+[[probe]]
+kind = "hessian"
+model = "convnet"
+recipe = {{ steps = 12 }}
+checkpoints = 3
+real_subsample = 64
+estimator = "hutchinson"
+budget = 12
+rtol = 0.1
+
+[[probe]]
+kind = "influence"
+sets = ["r"]
+inits = 1
+recipe = {{ steps = 15 }}
+gallery_classes = 1
+backends = ["explicit"]
+"""
+
+
+@pytest.mark.slow
+def test_workers_do_not_change_results_with_one_thread_per_process(tmp_path, monkeypatch):
+    """docs/index.md: with one thread in every process, workers = 1 and workers = 2 give identical metrics."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        metrics = []
+        for workers in (1, 2):
+            monkeypatch.setenv("DDPROBE_CACHE_DIR", str(tmp_path / f"cache{workers}"))
+            path = tmp_path / f"w{workers}.toml"
+            path.write_text(WORKERS_SPEC.format(workers=workers))
+            results = run(path, out=f"out{workers}")
+            assert results.exit_code == 0, results.errors
+            metrics.append(_metrics(results))
+    finally:
+        torch.set_num_threads(threads)
+    assert metrics[0] == metrics[1]
+    assert len(metrics[0]["hessian"]) > 3 and len(metrics[0]["influence"]) > 3
