@@ -245,7 +245,7 @@ def plan_study(spec: Spec, measure: bool = True) -> Plan:
                 entries.append(Entry("distilled", dspec.name, "import", "error", note=f"{type(exc).__name__}: {exc}"))
             return
         parts = distilled_cache_parts(spec, dspec, dkey)
-        cached = cache.directory("distilled", cache.key("distilled", parts)) is not None
+        cached = cache.has("distilled", cache.key("distilled", parts))
         if cached or dspec.distiller == "random":  # the control distiller is instant: make it to know its hash
             sets[dspec.name], _ = build_distilled(spec, dspec, real, cache, device, dkey, quiet)
             entries.append(Entry("distilled", dspec.name, dspec.distiller, "cached" if cached else "to compute",
@@ -277,7 +277,7 @@ def plan_study(spec: Spec, measure: bool = True) -> Plan:
     for probe in spec.probes:
         if ctx is not None:
             key = _probe_cache_key(ctx, spec, probe)
-            if cache.directory("probe-results", key) is not None:
+            if cache.has("probe-results", key):
                 entries.append(Entry("probe", probe.id, probe.kind, "cached"))
                 continue
         items = _plugin_items(probe.plugin, pctx, probe.options)

@@ -172,7 +172,15 @@ class Cache:
         self._atomic_dir(self.path(kind, key), fill)
 
     def load_meta(self, kind: str, key: str) -> Any:
-        return json.loads((self.path(kind, key) / "meta.json").read_text())
+        """The ``meta`` stored with entry ``kind/key`` (verified; not counted), or ``None``."""
+        path = self._verified(kind, key)
+        if path is None:
+            return None
+        try:
+            return json.loads((path / "meta.json").read_text())
+        except (OSError, ValueError) as exc:
+            self.discard(kind, key, f"unreadable ({type(exc).__name__}: {exc})")
+            return None
 
     def lookup_tensors(self, kind: str, parts: Any) -> dict[str, torch.Tensor] | None:
         """The cached tensors for ``parts`` (counted as a hit), or ``None`` (counted as a miss)."""
