@@ -42,9 +42,14 @@ def trained_models(ctx: Any, model: str, jobs: Sequence[TrainJob], recipe: Train
         keys.append(key)
         found = cache.load_tensors("models", key)
         if found is not None:
-            cache.hits["models"] += 1
             net = ctx.build_model(model, job.seed_name)
-            net.load_state_dict(found)
+            try:
+                net.load_state_dict(found)
+            except Exception as exc:  # sealed, but not a state of this model: recompute it
+                cache.discard("models", key, f"not a state of this model ({type(exc).__name__}: {exc})")
+                found = None
+        if found is not None:
+            cache.hits["models"] += 1
             out[i] = net.eval()
         else:
             cache.misses["models"] += 1

@@ -208,6 +208,30 @@ def test_resume_after_interruption_matches_uninterrupted(name, small, tmp_path):
     assert not list((tmp_path / "cut" / "ckpt").glob("*.pt"))  # cleared when done
 
 
+@pytest.mark.parametrize("damage", ["truncate", "flip", "empty"])
+def test_damaged_checkpoint_is_not_resumed_and_the_set_is_the_uninterrupted_one(damage, small, tmp_path):
+    from ddprobe.cache import CacheWarning
+
+    plugin, opts = options("dm", iterations=5, checkpoint_every=2)
+    full = plugin.distill(small, 1, opts, make_ctx(small, tmp_path / "full"))
+    with pytest.raises(Interrupt):
+        plugin.distill(small, 1, opts, make_ctx(small, tmp_path / "cut", progress=StopAfter(3)))
+    (saved,) = (tmp_path / "cut" / "ckpt").glob("*.pt")
+    data = bytearray(saved.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        data = bytearray()
+    saved.write_bytes(bytes(data))
+    again = StopAfter(None)
+    with pytest.warns(CacheWarning, match=f"distillation checkpoint {saved} is .*; ignoring it and starting over"):
+        resumed = plugin.distill(small, 1, opts, make_ctx(small, tmp_path / "cut", progress=again))
+    assert again.started_at == 0  # started over instead of trusting the damaged state
+    assert torch.equal(full.images, resumed.images)
+
+
 def test_checkpoint_key_depends_on_what_makes_the_set(small, tmp_path):
     from ddprobe.distill.common import resolve_model, run_key
 

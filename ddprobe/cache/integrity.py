@@ -74,8 +74,13 @@ def _check_files(base: Path, files: dict[str, list], full: bool) -> str | None:
             return f"incomplete: {rel} is missing"
         if actual != size:
             return f"damaged: {rel} has {actual} bytes, its digest record says {size}"
-        if full and file_digest(path) != digest:
-            return f"damaged: {rel} does not match the sha256 recorded when it was written"
+        if full:
+            try:
+                actual_digest = file_digest(path)
+            except OSError as exc:  # removed or unreadable while being read
+                return f"unreadable: {rel} ({type(exc).__name__}: {exc})"
+            if actual_digest != digest:
+                return f"damaged: {rel} does not match the sha256 recorded when it was written"
     return None
 
 
