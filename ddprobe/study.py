@@ -16,7 +16,7 @@ from . import __version__
 from .cache import Cache
 from .context import DistillContext, StudyContext, resolve_device
 from .errors import DDProbeError
-from .guard import InputGuard
+from .guard import InputGuard, InputMutatedError
 from .plugins import get_plugins, load_plugins
 from .progress import Progress
 from .results import Check, DistilledRecord, ProbeRecord, ProbeResult, StudyResults
@@ -62,6 +62,13 @@ def data_key(spec: Spec, real: RealData) -> dict[str, Any]:
             "test": content_hash(real.test.images, real.test.labels)[:16]}
 
 
+def real_changed(real: RealData, dkey: dict[str, Any]) -> bool:
+    """Whether the real data no longer hashes to what :func:`data_key` recorded."""
+    from .guard import real_hashes
+
+    return tuple(h[:16] for h in real_hashes(real)) != (dkey.get("train"), dkey.get("test"))
+
+
 def make_cache(spec: Spec, no_cache: bool = False) -> Cache:
     root = (spec.base_dir / spec.study.cache_dir) if spec.study.cache_dir else None
     return Cache(root, read=not no_cache)
@@ -96,17 +103,16 @@ def build_distilled(spec: Spec, dspec: DistilledSpec, real: RealData, cache: Cac
 
     if dspec.path is not None:
         ds = import_file(dspec.path, dspec.importer)
-        verify_content_hash(ds, str(dspec.path))
+        verify_content_hash(ds, str(dspec.path))  # a hash the file's manifest claims must be the file's
         if dspec.input_space == "pixels":
             ds.images = real.from_pixels(ds.images)
-            ds.manifest.sha256 = None
-            ds.__post_init__()
         if ds.manifest.input_space is None:
             ds.manifest.input_space = real.space
         ds.classes = list(real.classes) if len(ds.classes) <= real.num_classes else ds.classes
         ds.manifest.name = dspec.name
         ds.manifest.source_dataset = ds.manifest.source_dataset or real.name
         check_compatible(ds, real, where=f"{dspec.name!r} ({dspec.path})")
+        ds.manifest.sha256 = content_hash(ds.images, ds.labels)  # of what the probes see, after any conversion
         return ds, False
     key = cache.key("distilled", distilled_cache_parts(spec, dspec, dkey))
 
@@ -133,6 +139,11 @@ def build_distilled(spec: Spec, dspec: DistilledSpec, real: RealData, cache: Cac
     m.ddprobe_version = __version__
     m.sha256 = content_hash(ds.images, ds.labels)  # of what is returned, whatever the distiller's manifest said
     check_compatible(ds, real, where=repr(dspec.name))
+    if "train" in dkey and real_changed(real, dkey):
+        raise InputMutatedError(
+            f"distiller {dspec.distiller!r} changed the real data in place while making {dspec.name!r}; a "
+            f"distiller must leave `real` unchanged (copy a tensor before changing it). The set is not kept or "
+            f"cached, and the real data is loaded again for the rest of the study.")
     cache.store_directory("distilled", key, lambda d: save_distilled(ds, d / "set"), check=load)
     return ds, False
 
@@ -306,10 +317,13 @@ def prepare(spec: Spec, output_dir: Path, no_cache: bool = False, console: Any =
     errors: list[str] = []
 
     def add(dspec: DistilledSpec, control: bool = False) -> None:
+        nonlocal real
         start = time.perf_counter()
         try:
             ds, cached = build_distilled(spec, dspec, real, cache, device, dkey, progress)
         except Exception as exc:
+            if isinstance(exc, InputMutatedError):  # the next sets and the probes get the real data unchanged
+                real = load_real(spec)
             msg = f"{type(exc).__name__}: {exc}"
             records[dspec.name] = DistilledRecord(dspec.name, dspec.distiller, dspec.ipc, 0, "", None,
                                                   str(dspec.path) if dspec.path else None, control, "error", msg)

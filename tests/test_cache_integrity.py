@@ -241,10 +241,29 @@ class Fail:
         raise RuntimeError("broke")
 
 
+class Vandal:
+    name = "vandal"
+    description = "a distiller that scales the real training images in place"
+    Options = Opts
+
+    def distill(self, real, ipc, options, ctx):
+        from ddprobe import DistilledSet, Manifest
+
+        real.train.images.mul_(2)
+        idx = [int(ix[0]) for ix in real.train.class_indices()]
+        sub = real.train.subset(idx)
+        return DistilledSet(sub.images.clone(), sub.labels.clone(), list(real.classes), manifest=Manifest())
+
+
 @hookimpl
 def register_probes(register):
     for p in (Empty(), Mutate(), MutateReal(), Fail()):
         register(p)
+
+
+@hookimpl
+def register_distillers(register):
+    register(Vandal())
 '''
 
 
@@ -366,6 +385,19 @@ def test_probe_that_changes_a_set_in_place_fails_and_nothing_is_cached(tmp_path)
     # nothing was cached for the mutating probes: the same spec reruns them (and they fail again)
     again = run(path)
     assert {p.id: p.cached for p in again.probes}["mutate"] is False
+
+
+def test_distiller_that_changes_the_real_data_fails_and_the_study_goes_on_unchanged(tmp_path):
+    plain = run(make_spec(tmp_path), out="plain")
+    results = run(make_spec(tmp_path, extra='[distilled.bad]\ndistiller = "vandal"\nipc = 1'))
+    assert results.distilled["bad"].status == "error" and results.exit_code == 3
+    assert "distiller 'vandal' changed the real data in place" in results.distilled["bad"].error
+    for before, after in zip(plain.probes, results.probes, strict=True):
+        kept = {k: v for k, v in after.result.metrics.items() if k in before.result.metrics}
+        assert kept == before.result.metrics and kept
+    # cached: rand and the control random_ipc1 the failed set's ipc added, not the set made from changed data
+    assert len(_entries(Path(os.environ["DDPROBE_CACHE_DIR"]), "distilled")) == 2
+    assert results.provenance["cache"]["distilled"] == {"hits": 1, "misses": 2}
 
 
 def test_imported_set_whose_manifest_claims_another_hash_is_refused(tmp_path, digits):
