@@ -189,6 +189,26 @@ kind = "recognition"
 
 [[probe]]
 kind = "pixels"
+{units}"""
+
+UNIT_PROBES = """
+[[probe]]
+kind = "hessian"
+model = "convnet"
+recipe = {{ steps = 8 }}
+checkpoints = 2
+real_subsample = 64
+estimator = "hutchinson"
+budget = 12
+rtol = 0.2
+
+[[probe]]
+kind = "influence"
+sets = ["rand"]
+inits = 1
+recipe = {{ steps = 8 }}
+gallery_classes = 1
+backends = ["explicit"]
 """
 
 PLUGIN = '''
@@ -267,10 +287,11 @@ def register_distillers(register):
 '''
 
 
-def make_spec(tmp_path: Path, extra: str = "") -> Path:
+def make_spec(tmp_path: Path, extra: str = "", units: bool = False) -> Path:
+    """The small study; ``units``: with the hessian and influence probes, whose units are cached on their own."""
     (tmp_path / "probes_for_tests.py").write_text(PLUGIN)
     path = tmp_path / "study.toml"
-    path.write_text(SPEC.format(extra=extra))
+    path.write_text(SPEC.format(extra=extra, units=UNIT_PROBES.format() if units else ""))
     return path
 
 
@@ -293,7 +314,7 @@ def baseline(tmp_path_factory):
     before = set(pm.get_plugins())
     os.environ["DDPROBE_CACHE_DIR"] = str(tmp / "cache")
     try:
-        results = run(make_spec(tmp))
+        results = run(make_spec(tmp, units=True))
     finally:
         del os.environ["DDPROBE_CACHE_DIR"]
         for plugin in set(pm.get_plugins()) - before:  # the tests load the same plugin file from their folders
@@ -306,6 +327,9 @@ def baseline(tmp_path_factory):
 CASES = {
     "models-flip": ("models", lambda e: flip(e / "tensors.safetensors")),
     "models-truncate": ("models", lambda e: truncate(e / "tensors.safetensors")),
+    "hessian-checkpoints-flip": ("hessian-checkpoints", lambda e: flip(e / "tensors.safetensors")),
+    "influence-loo-truncate": ("influence-loo", lambda e: truncate(e / "tensors.safetensors")),
+    "influence-loo-meta-deleted": ("influence-loo", lambda e: (e / "meta.json").unlink()),
     "distilled-flip": ("distilled", lambda e: flip(e / "set.safetensors")),
     "distilled-no-digest": ("distilled", lambda e: (e / DONE).unlink()),
     "distilled-sidecar-deleted": ("distilled", lambda e: (e / "set.json").unlink()),
@@ -324,13 +348,13 @@ def test_damaged_study_cache_is_recomputed_with_the_same_numbers(baseline, tmp_p
     kind, damage = CASES[case]
     shutil.copytree(cache_dir, tmp_path / "cache")
     monkeypatch.setenv("DDPROBE_CACHE_DIR", str(tmp_path / "cache"))
-    if kind == "models":  # probes then read the models again
+    if kind in ("models", "hessian-checkpoints", "influence-loo"):  # probes then read these entries again
         shutil.rmtree(tmp_path / "cache" / "probe-results")
     needs = {"table": "table-*.csv", "figure": "figure-*.png"}.get(case.split("-")[0], "*")
     damaged = [e for e in _entries(tmp_path / "cache", kind) if list(e.glob(needs))]
     for entry in damaged:
         damage(entry)
-    results = run(make_spec(tmp_path))
+    results = run(make_spec(tmp_path, units=True))
     assert results.exit_code == 0, results.errors
     assert _metrics(results) == expected
     warnings = results.provenance["cache_warnings"]
@@ -340,7 +364,7 @@ def test_damaged_study_cache_is_recomputed_with_the_same_numbers(baseline, tmp_p
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["provenance"]["cache_warnings"] == warnings
     # the recomputed entries were stored: the next run is clean and served from the cache
-    again = run(make_spec(tmp_path))
+    again = run(make_spec(tmp_path, units=True))
     assert again.provenance["cache_warnings"] == [] and _metrics(again) == expected
     assert all(p.cached for p in again.probes)
 
