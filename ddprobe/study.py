@@ -210,6 +210,8 @@ def _read_probe(d: Path) -> tuple[dict[str, Any], dict[str, Any], list]:
         raise ValueError("record.json: a metric is not a number")
     if not isinstance(data.get("tables"), list) or not isinstance(data.get("seconds"), (int, float)):
         raise ValueError("record.json: 'tables' or 'seconds' is missing")
+    if not isinstance(data.get("summary"), str) or not isinstance(data.get("timings", {}), dict):
+        raise ValueError("record.json: 'summary' or 'timings' is malformed")
     tables = {}
     for name in data["tables"]:
         path = d / f"table-{name}.csv"
