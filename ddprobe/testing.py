@@ -521,8 +521,13 @@ def check_probe(probe: Any, *, real: RealData | None = None, options: dict[str, 
     opts = _make_options(probe, options, what)
     temporary = directory is None
     tmp = Path(tempfile.mkdtemp(prefix="ddprobe-conformance-")) if temporary else Path(directory)
-    data_before = _fingerprint(real.train.images, real.test.images, *[t for ds in sets.values()
-                                                                      for t in (ds.images, ds.labels)])
+    def inputs() -> dict[str, str]:
+        out = {"the real training data": _fingerprint(real.train.images, real.train.labels),
+               "the real test data": _fingerprint(real.test.images, real.test.labels)}
+        out.update({f"distilled set {n!r}": _fingerprint(ds.images, ds.labels) for n, ds in sets.items()})
+        return out
+
+    data_before = inputs()
     rng_before, grad_before = _global_rng_state(), torch.is_grad_enabled()
     results, problems = [], []
     for run in range(2):
@@ -543,9 +548,10 @@ def check_probe(probe: Any, *, real: RealData | None = None, options: dict[str, 
                 problems.append(f"grad mode was {grad_before} before run(), {torch.is_grad_enabled()} after")
             if problems:
                 _raise(what, problems)
-    if _fingerprint(real.train.images, real.test.images, *[t for ds in sets.values()
-                                                           for t in (ds.images, ds.labels)]) != data_before:
-        problems.append("it modified the real data or a distilled set in place")
+    changed = [name for name, digest in inputs().items() if data_before[name] != digest]
+    if changed:
+        problems.append(f"it modified the real data or a distilled set in place: {', '.join(changed)} (copy a "
+                        f"tensor before changing it; in a study such a probe fails and its result is not cached)")
     a, b = results[0].metrics, results[1].metrics
     if set(a) != set(b):
         problems.append(f"two runs with the same seed gave different metric keys: {sorted(set(a) ^ set(b))}")
