@@ -53,7 +53,10 @@ def write_done(directory: Path) -> None:
 
 def _read_record(path: Path) -> tuple[dict | None, str | None]:
     try:
-        record = json.loads(path.read_text())
+        text = path.read_text()
+        if not text:
+            return None, f"unverifiable: its {path.name} is empty (written by an older ddprobe, without digests)"
+        record = json.loads(text)
     except FileNotFoundError:
         return None, f"incomplete (no {path.name})"
     except (OSError, UnicodeDecodeError, ValueError) as exc:
