@@ -1,0 +1,144 @@
+"""The built-in influence backends: explicit inverse, CG, LiSSA, Arnoldi (influence functions) and TracIn."""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from .backends import BackendResult, InfluenceBackend, InfluenceProblem, register_backend
+from .objective import Objective, ParamSubset
+from .solvers import arnoldi_eig, cg_solve, lissa_solve, top_eigenvalue
+
+
+class _IFOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    params: ParamSubset = Field("last", description="parameter subset: 'last' (classifier head) or 'all'")
+    damping: float = Field(0.01, ge=0, description="added to the Hessian's diagonal (Koh & Liang's lambda)")
+
+
+@register_backend
+class Explicit(InfluenceBackend):
+    name = "explicit"
+    description = "influence functions with the explicit damped Hessian inverted exactly (small parameter subsets)"
+
+    class Options(_IFOptions):
+        max_params: int = Field(6000, ge=1, description="refuse larger subsets (the Hessian is params^2)")
+
+    def _compute(self, problem: InfluenceProblem) -> BackendResult:
+        o = self.options
+        obj = problem.objective(o.params)
+        if obj.dim > o.max_params:
+            return BackendResult(None, "failed", info={"error": f"{obj.dim} parameters > max_params {o.max_params}"})
+        h = obj.hessian().double()
+        eig = torch.linalg.eigvalsh(h)
+        damped = h + o.damping * torch.eye(obj.dim, dtype=h.dtype, device=h.device)
+        ihvp = torch.linalg.solve(damped, problem.removal_gradients(obj).double()).float()
+        return BackendResult(problem.scores_from_ihvp(obj, ihvp), info={
+            "params": obj.dim, "min_eigenvalue": float(eig[0]), "max_eigenvalue": float(eig[-1]),
+            "negative_eigenvalues": int((eig < -1e-6 * eig.abs().max()).sum())})  # beyond rounding
+
+
+@register_backend
+class ConjugateGradient(InfluenceBackend):
+    name = "cg"
+    description = "influence functions, H^-1 g by conjugate gradient on Hessian-vector products (one per column)"
+
+    class Options(_IFOptions):
+        max_iter: int = Field(100, ge=1)
+        tol: float = Field(1e-6, gt=0, description="stop when every residual norm < tol * |g|")
+
+    def _compute(self, problem: InfluenceProblem) -> BackendResult:
+        o = self.options
+        obj = problem.objective(o.params)
+        g = problem.removal_gradients(obj)  # [p, n]
+
+        def op(v: torch.Tensor) -> torch.Tensor:
+            return obj.hvp(v) + o.damping * v
+
+        x, info = cg_solve(op, g, o.max_iter, o.tol)
+        status = "ok" if info["converged"] or info["relative_residual"] < 1e-2 else "diverged"
+        if not bool(torch.isfinite(x).all()):
+            return BackendResult(None, "diverged", info=info)
+        return BackendResult(problem.scores_from_ihvp(obj, x) if status == "ok" else None, status, info=info)
+
+
+@register_backend
+class LiSSA(InfluenceBackend):
+    name = "lissa"
+    description = "influence functions, H^-1 g by the LiSSA recursion (damped, scaled, with a divergence check)"
+
+    class Options(_IFOptions):
+        depth: int = Field(500, ge=1, description="recursion steps")
+        scale: float | Literal["auto"] = Field(
+            "auto", description="divides the Hessian; must exceed its top eigenvalue ('auto': 1.5 x power iteration)")
+        batch_size: int | None = Field(None, ge=1, description="examples per stochastic HVP (None: all, exact)")
+        seed: int = 0
+        divergence: float = Field(1e4, gt=1, description="diverged when |h| exceeds this times scale/damping |g|")
+
+    def _compute(self, problem: InfluenceProblem) -> BackendResult:
+        o = self.options
+        obj = problem.objective(o.params)
+        g = problem.removal_gradients(obj)
+        gen = torch.Generator().manual_seed(o.seed)
+        if o.scale == "auto":
+            lam = top_eigenvalue(obj.hvp, obj.dim, generator=gen, device=obj.device) + o.damping
+            scale = 1.5 * abs(lam) if lam != 0 else 1.0
+        else:
+            scale = float(o.scale)
+        h, info = lissa_solve(lambda v, idx: obj.hvp(v, idx), g, obj.n, damping=o.damping, scale=scale,
+                              depth=o.depth, batch_size=o.batch_size, generator=gen, divergence=o.divergence)
+        if info["diverged"]:
+            return BackendResult(None, "diverged", info=info)
+        return BackendResult(problem.scores_from_ihvp(obj, h), info=info)
+
+
+@register_backend
+class Arnoldi(InfluenceBackend):
+    name = "arnoldi"
+    description = "influence functions on the top eigenspace of the Hessian found by Arnoldi iteration"
+
+    class Options(_IFOptions):
+        iterations: int = Field(60, ge=2, description="Krylov subspace size")
+        rank: int = Field(30, ge=1, description="eigenpairs kept (largest magnitude)")
+        seed: int = 0
+
+    def _compute(self, problem: InfluenceProblem) -> BackendResult:
+        o = self.options
+        obj = problem.objective(o.params)
+        gen = torch.Generator().manual_seed(o.seed)
+        vals, vecs = arnoldi_eig(obj.hvp, obj.dim, min(o.iterations, obj.dim), generator=gen, device=obj.device)
+        keep = torch.argsort(vals.abs(), descending=True)[: o.rank]
+        vals, vecs = vals[keep], vecs[:, keep]
+        inv = 1.0 / (vals + o.damping)
+        ihvp = vecs @ (inv.unsqueeze(1) * (vecs.T @ problem.removal_gradients(obj)))
+        return BackendResult(problem.scores_from_ihvp(obj, ihvp), info={
+            "rank": int(vals.numel()), "top_eigenvalue": float(vals.abs().max()),
+            "smallest_kept": float(vals.abs().min())})
+
+
+@register_backend
+class TracIn(InfluenceBackend):
+    name = "tracin"
+    description = "TracIn: lr/n x gradient dot products summed over the training run's checkpoints"
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        params: ParamSubset = Field("last", description="parameter subset: 'last' (classifier head) or 'all'")
+
+    def _compute(self, problem: InfluenceProblem) -> BackendResult:
+        if not problem.checkpoints:
+            return BackendResult(None, "failed", info={"error": "no checkpoints of the training run"})
+        net = copy.deepcopy(problem.model)
+        total = torch.zeros(problem.n, problem.test_x.shape[0])
+        for _, state in problem.checkpoints:  # one checkpoint at a time, never all loaded as models at once
+            net.load_state_dict(state)
+            obj = Objective(net, problem.train_x, problem.train_y, self.options.params, problem.l2)
+            gtr = obj.train_grads()
+            for s, g in obj.test_grad_chunks(problem.test_x, problem.test_y):
+                total[:, s:s + g.shape[0]] += (gtr @ g.T).cpu()
+        return BackendResult(total * problem.lr / problem.n, info={"checkpoints": len(problem.checkpoints)})
