@@ -47,6 +47,11 @@ def register_importers(register: Register) -> None:
 
 
 @hookspec
+def register_influence_backends(register: Register) -> None:
+    """Register influence backend classes (``name``, ``description``, ``Options``, ``compute(problem)``)."""
+
+
+@hookspec
 def register_commands(app: typer.Typer) -> None:
     """Add commands to the ``ddprobe`` command line."""
 

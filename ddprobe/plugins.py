@@ -21,6 +21,7 @@ DEFAULT_PLUGINS = (
     "ddprobe.builtin.distillers",
     "ddprobe.builtin.probes",
     "ddprobe.builtin.reporters",
+    "ddprobe.builtin.influence_backends",
 )
 
 pm = pluggy.PluginManager("ddprobe")

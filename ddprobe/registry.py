@@ -14,6 +14,7 @@ class Kind:
     hook: str
     method: str
     needs_options: bool = True
+    is_class: bool = False  # registered as a class (instantiated per use with its options), not an instance
 
 
 KINDS: dict[str, Kind] = {
@@ -23,6 +24,7 @@ KINDS: dict[str, Kind] = {
     "probe": Kind("register_probes", "run"),
     "reporter": Kind("register_reporters", "write", needs_options=False),
     "importer": Kind("register_importers", "load", needs_options=False),
+    "influence_backend": Kind("register_influence_backends", "compute", is_class=True),
 }
 
 _cache: dict[str, dict[str, Any]] = {}
@@ -42,6 +44,9 @@ def _check(kind: str, obj: Any, owner: str) -> None:
         raise PluginError(f"{what} has no string 'name'")
     if not isinstance(getattr(obj, "description", None), str):
         raise PluginError(f"{what} has no one-line 'description'")
+    if spec.is_class and not isinstance(obj, type):
+        raise PluginError(f"{what} must be registered as a class (it is instantiated with its options), "
+                          f"not as a {type(obj).__name__} instance")
     if not callable(getattr(obj, spec.method, None)):
         raise PluginError(f"{what} has no '{spec.method}' method")
     if spec.needs_options:

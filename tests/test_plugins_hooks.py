@@ -211,6 +211,61 @@ def test_hook_register_reporters(ddprobe_register, tmp_path):
     assert (tmp_path / "out" / "metrics.csv").read_text() == "count,s/images,10.0\n"
 
 
+def test_hook_register_influence_backends(ddprobe_register, tmp_path):
+    from pydantic import Field
+
+    from ddprobe.errors import PluginError
+    from ddprobe.influence import BACKENDS, BackendResult, Explicit, InfluenceBackend, get_backend
+
+    class SignedExplicit(InfluenceBackend):
+        name = "signed-explicit"
+        description = "the explicit backend's scores times a sign (tests that options reach the backend)"
+
+        class Options(InfluenceBackend.Options):
+            sign: int = Field(1, description="+1 or -1")
+
+        def _compute(self, problem):
+            res = Explicit().compute(problem)
+            return BackendResult(self.options.sign * res.scores, info={"sign": self.options.sign})
+
+    class Plugin:
+        __name__ = "signed-backend"
+
+        @hookimpl
+        def register_influence_backends(self, register):
+            register(SignedExplicit)
+
+    ddprobe_register(Plugin())
+    assert BACKENDS["signed-explicit"] is SignedExplicit and BACKENDS.owner("signed-explicit") == "signed-backend"
+    assert get_backend("signed-explicit", {"sign": -1}).options.sign == -1
+    path = write_spec(tmp_path, probe="influence")
+    path.write_text(path.read_text().replace('kind = "influence"', """kind = "influence"
+inits = 1
+k = 2
+test_images = 30
+gallery_classes = 0
+recipe = { steps = 5 }
+backends = ["explicit", "signed-explicit"]
+backend_options = { signed-explicit = { sign = -1 } }"""))
+    results = run_study(path, tmp_path / "out")
+    assert results.exit_code == 0, results.errors
+    audit = results.probes[0].result.tables["audit"].set_index("backend")
+    assert audit.loc["signed-explicit", "status"] == "ok"
+    assert audit.loc["signed-explicit", "info"] == {"sign": -1}
+    assert audit.loc["signed-explicit", "spearman"] == pytest.approx(-audit.loc["explicit", "spearman"])
+
+    class AsInstance:
+        __name__ = "instance-backend"
+
+        @hookimpl
+        def register_influence_backends(self, register):
+            register(type("Inst", (SignedExplicit,), {"name": "inst"})())
+
+    ddprobe_register(AsInstance())
+    with pytest.raises(PluginError, match="must be registered as a class"):
+        get_backend("inst")
+
+
 def test_hook_register_commands(ddprobe_register):
     import typer
     from typer.testing import CliRunner

@@ -10,7 +10,7 @@ import typer
 from .app import app, fail
 
 KIND_PLURALS = {"datasets": "dataset", "models": "model", "distillers": "distiller", "probes": "probe",
-                "importers": "importer", "reporters": "reporter"}
+                "importers": "importer", "reporters": "reporter", "influence-backends": "influence_backend"}
 
 
 @app.command()
@@ -40,7 +40,8 @@ def schema() -> None:
 @app.command("list")
 def list_(
     kind: str = typer.Argument(None, metavar="KIND",
-                               help="datasets, models, distillers, probes, importers or reporters"),
+                               help="datasets, models, distillers, probes, importers, reporters or "
+                                    "influence-backends"),
 ) -> None:
     """List what is registered (built-ins and plugins), with one-line descriptions."""
     from rich.console import Console

@@ -7,6 +7,7 @@ BackendResult``; ``compute`` (inherited) times it and turns failures and non-fin
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -99,24 +100,90 @@ class InfluenceBackend:
         raise NotImplementedError
 
 
-BACKENDS: dict[str, type[InfluenceBackend]] = {}
+class BackendTable(MutableMapping[str, type[InfluenceBackend]]):
+    """Every influence backend class by name, looked up live.
+
+    Two sources: plugins, which register classes through the ``register_influence_backends`` hook (the built-in
+    backends are registered that way, by the default plugin ``ddprobe.builtin.influence_backends``), and Python code
+    that calls ``register_backend`` (a decorator). A name may come from only one of them.
+    """
+
+    def __init__(self) -> None:
+        self._direct: dict[str, type[InfluenceBackend]] = {}
+
+    def _plugins(self) -> dict[str, type[InfluenceBackend]]:
+        from .. import registry
+
+        return registry.get_all("influence_backend")
+
+    def _all(self) -> dict[str, type[InfluenceBackend]]:
+        found = self._plugins()
+        for name, cls in self._direct.items():
+            if name in found and found[name] is not cls:
+                from .. import registry
+                from ..errors import PluginError
+
+                raise PluginError(f"influence backend name {name!r} is registered twice: by plugin "
+                                  f"{registry.owner_of('influence_backend', name)!r} and by register_backend in "
+                                  f"{cls.__module__}")
+            found[name] = cls
+        return found
+
+    def owner(self, name: str) -> str:
+        """Who registered ``name``: the plugin's name, or the module that called ``register_backend``."""
+        if name in self._direct:
+            return self._direct[name].__module__
+        from .. import registry
+
+        return registry.owner_of("influence_backend", name)
+
+    def __getitem__(self, name: str) -> type[InfluenceBackend]:
+        return self._all()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __setitem__(self, name: str, cls: type[InfluenceBackend]) -> None:
+        if name != getattr(cls, "name", None):
+            raise ValueError(f"influence backend {cls!r} is registered under its own name, not {name!r}")
+        register_backend(cls)
+
+    def __delitem__(self, name: str) -> None:
+        """Forget a backend registered with ``register_backend`` (plugins' backends go with their plugin)."""
+        if name not in self._direct:
+            raise KeyError(f"influence backend {name!r} was not registered with register_backend")
+        del self._direct[name]
+
+
+BACKENDS = BackendTable()
 
 
 def register_backend(cls: type[InfluenceBackend]) -> type[InfluenceBackend]:
-    """Register a backend class under ``cls.name`` (a decorator); duplicate names are an error."""
-    if not cls.name:
-        raise ValueError(f"influence backend {cls.__name__} has no name")
+    """Register a backend class under ``cls.name`` from Python (a decorator); duplicate names are an error.
+
+    A plugin distributed as a package uses the ``register_influence_backends`` hook instead (docs/plugins/hooks.md).
+    """
+    from .. import registry
+
+    if not isinstance(cls, type):
+        raise ValueError(f"register_backend takes a backend class, not {cls!r}")
+    registry._check("influence_backend", cls, cls.__module__)
     if cls.name in BACKENDS and BACKENDS[cls.name] is not cls:
-        raise ValueError(f"influence backend {cls.name!r} is already registered by {BACKENDS[cls.name].__module__}")
-    BACKENDS[cls.name] = cls
+        raise ValueError(f"influence backend {cls.name!r} is already registered by {BACKENDS.owner(cls.name)}")
+    BACKENDS._direct[cls.name] = cls
     return cls
 
 
 def get_backend(name: str, options: dict[str, Any] | None = None) -> InfluenceBackend:
-    if name not in BACKENDS:
+    """An instance of the backend ``name`` with ``options`` validated by its ``Options`` (pydantic errors)."""
+    table = BACKENDS._all()
+    if name not in table:
         import difflib
 
-        near = difflib.get_close_matches(name, list(BACKENDS), n=1)
+        near = difflib.get_close_matches(name, list(table), n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise KeyError(f"no influence backend {name!r}{hint} (registered: {', '.join(sorted(BACKENDS))})")
-    return BACKENDS[name](options)
+        raise KeyError(f"no influence backend {name!r}{hint} (registered: {', '.join(sorted(table))})")
+    return table[name](options)

@@ -1,4 +1,8 @@
-"""The built-in influence backends: explicit inverse, CG, LiSSA, Arnoldi (influence functions) and TracIn."""
+"""The built-in influence backends: explicit inverse, CG, LiSSA, Arnoldi (influence functions) and TracIn.
+
+Registered by the default plugin ``ddprobe.builtin.influence_backends`` through the ``register_influence_backends``
+hook, as a third-party plugin registers its own (``BUILTIN`` lists them).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .backends import BackendResult, InfluenceBackend, InfluenceProblem, register_backend
+from .backends import BackendResult, InfluenceBackend, InfluenceProblem
 from .objective import Objective, ParamSubset
 from .solvers import arnoldi_eig, cg_solve, lissa_solve, top_eigenvalue
 
@@ -20,7 +24,6 @@ class _IFOptions(BaseModel):
     damping: float = Field(0.01, ge=0, description="added to the Hessian's diagonal (Koh & Liang's lambda)")
 
 
-@register_backend
 class Explicit(InfluenceBackend):
     name = "explicit"
     description = "influence functions with the explicit damped Hessian inverted exactly (small parameter subsets)"
@@ -42,7 +45,6 @@ class Explicit(InfluenceBackend):
             "negative_eigenvalues": int((eig < -1e-6 * eig.abs().max()).sum())})  # beyond rounding
 
 
-@register_backend
 class ConjugateGradient(InfluenceBackend):
     name = "cg"
     description = "influence functions, H^-1 g by conjugate gradient on Hessian-vector products (one per column)"
@@ -66,7 +68,6 @@ class ConjugateGradient(InfluenceBackend):
         return BackendResult(problem.scores_from_ihvp(obj, x) if status == "ok" else None, status, info=info)
 
 
-@register_backend
 class LiSSA(InfluenceBackend):
     name = "lissa"
     description = "influence functions, H^-1 g by the LiSSA recursion (damped, scaled, with a divergence check)"
@@ -96,7 +97,6 @@ class LiSSA(InfluenceBackend):
         return BackendResult(problem.scores_from_ihvp(obj, h), info=info)
 
 
-@register_backend
 class Arnoldi(InfluenceBackend):
     name = "arnoldi"
     description = "influence functions on the top eigenspace of the Hessian found by Arnoldi iteration"
@@ -120,7 +120,6 @@ class Arnoldi(InfluenceBackend):
             "smallest_kept": float(vals.abs().min())})
 
 
-@register_backend
 class TracIn(InfluenceBackend):
     name = "tracin"
     description = "TracIn: lr/n x gradient dot products summed over the training run's checkpoints"
@@ -142,3 +141,6 @@ class TracIn(InfluenceBackend):
             for s, g in obj.test_grad_chunks(problem.test_x, problem.test_y):
                 total[:, s:s + g.shape[0]] += (gtr @ g.T).cpu()
         return BackendResult(total * problem.lr / problem.n, info={"checkpoints": len(problem.checkpoints)})
+
+
+BUILTIN: tuple[type[InfluenceBackend], ...] = (Explicit, ConjugateGradient, LiSSA, Arnoldi, TracIn)
