@@ -338,3 +338,102 @@ def test_executor_maps_in_order_in_processes_and_inline():
     assert sorted(seen) == list(range(6))
     assert map_calls(functools.partial(pow, 2), [1, 3], workers=1) == [2, 8]
     assert process_map(inf._retrain_many, [], workers=2) == []
+
+
+# --- whole-network curvature: Gauss-Newton products, and CG on an indefinite Hessian --------------------------------
+
+
+def _flat_fn(net):
+    """``(theta, x) -> logits`` of ``net`` as a function of all its parameters flattened, and theta at the model."""
+    from torch.func import functional_call
+
+    named = {n: p.detach() for n, p in net.named_parameters()}
+    shapes = [p.shape for p in named.values()]
+    sizes = [p.numel() for p in named.values()]
+
+    def fn(theta, x):
+        parts = torch.split(theta, sizes)
+        return functional_call(net, {n: t.view(s) for n, t, s in zip(named, parts, shapes, strict=True)}, (x,))
+
+    return fn, torch.cat([p.flatten() for p in named.values()])
+
+
+def _ggn_reference(net, x, y, l2):
+    """``mean_i J_i^T (diag p_i - p_i p_i^T) J_i + l2 I`` from per-example Jacobians (torch.func.jacrev), and the
+    per-example loss gradients of ``x`` (the unregularized cross-entropy)."""
+    from torch.func import jacrev
+
+    fn, theta = _flat_fn(net.eval())
+    jac = torch.stack([jacrev(fn)(theta, xi[None])[0] for xi in x])  # [n, K, p]
+    prob = torch.softmax(fn(theta, x), 1).detach()
+    hz = torch.diag_embed(prob) - prob[:, :, None] * prob[:, None, :]
+    g = torch.einsum("nkp,nkl,nlq->pq", jac, hz, jac) / x.shape[0] + l2 * torch.eye(theta.numel())
+    return g.double(), theta
+
+
+def _example_grads(net, x, y):
+    from torch.func import grad
+
+    fn, theta = _flat_fn(net.eval())
+    return torch.stack([grad(lambda t, a=a, b=b: loss_fn(fn(t, a[None]), b[None]))(theta) for a, b in zip(x, y,
+                                                                                                         strict=True)])
+
+
+@pytest.fixture(scope="module")
+def tiny_convnet(digits):
+    x, y, tx, ty = _tiny_digits(digits, n=12, m=15)
+    net = inf.fit(_convnet(width=2), x, y, TrainRecipe(steps=20, weight_decay=0.01))
+    return net, x, y, tx, ty
+
+
+def test_ggn_products_match_an_explicit_gauss_newton_matrix(tiny_convnet):
+    net, x, y, _, _ = tiny_convnet
+    ref, _ = _ggn_reference(net, x, y, l2=0.01)
+    obj = inf.Objective(net, x, y, "all", l2=0.01)
+    got = obj.hessian("ggn").double()
+    assert (got - ref).abs().max() < 1e-4 * ref.abs().max()
+    v = torch.randn(obj.dim, 3, generator=torch.Generator().manual_seed(0))
+    idx = torch.tensor([1, 4, 7])
+    sub, _ = _ggn_reference(net, x[idx], y[idx], l2=0.01)
+    assert torch.allclose(obj.ggn_vp(v[:, 0], idx).double(), sub @ v[:, 0].double(), atol=1e-4 * float(sub.abs().max()))
+    assert torch.allclose(obj.ggn_vp(v)[:, 0], obj.ggn_vp(v[:, 0]), atol=1e-6)
+
+
+def test_whole_network_cg_on_the_gauss_newton_matrix_matches_its_damped_inverse(tiny_convnet):
+    net, x, y, tx, ty = tiny_convnet
+    l2, damping = 0.01, 0.05
+    ggn, theta = _ggn_reference(net, x, y, l2)
+    removal = (_example_grads(net, x, y) + l2 * theta).double()
+    ref = removal @ torch.linalg.solve(ggn + damping * torch.eye(len(theta)), _example_grads(net, tx, ty).double().T)
+    ref = (ref / (len(y) - 1)).float()
+    problem = inf.InfluenceProblem(net, x, y, tx, ty, l2=l2)
+    r = inf.get_backend("cg", {"params": "all", "damping": damping, "max_iter": 400, "tol": 1e-7}).compute(problem)
+    assert r.status == "ok", r.info
+    assert r.info["curvature"] == "ggn" and r.info["damping"] == damping and r.info["negative_curvature"] == 0
+    assert (r.scores - ref).abs().max() < 1e-3 * ref.abs().max()
+    explicit = inf.get_backend("explicit", {"params": "all", "damping": damping}).compute(problem)
+    assert explicit.info["curvature"] == "ggn" and explicit.info["negative_eigenvalues"] == 0
+    assert (explicit.scores - ref).abs().max() < 1e-4 * ref.abs().max()
+
+
+def test_cg_stops_and_says_so_on_an_indefinite_hessian(tiny_convnet):
+    net, x, y, tx, ty = tiny_convnet
+    problem = inf.InfluenceProblem(net, x, y, tx, ty, l2=0.01)
+    hess = inf.get_backend("explicit", {"params": "all", "damping": 0.0, "curvature": "hessian"}).compute(problem)
+    assert hess.info["curvature"] == "hessian" and hess.info["min_eigenvalue"] < 0  # the premise: indefinite
+    r = inf.get_backend("cg", {"params": "all", "damping": 0.0, "curvature": "hessian", "max_iter": 300}).compute(
+        problem)
+    assert r.status == "diverged" and r.scores is None
+    assert r.info["negative_curvature"] > 0 and r.info["iterations"] < 300
+    assert "indefinite" in r.info["error"] and "ggn" in r.info["hint"]
+
+
+def test_cg_solve_reports_negative_curvature():
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(0)))
+    a = q @ torch.diag(torch.tensor([-1.0, 0.5, 1, 2, 3, 4])) @ q.T
+    b = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    x, info = inf.cg_solve(lambda v: a @ v, b, 100, 1e-8)
+    assert info["negative_curvature"] > 0 and info["first_negative_curvature_iteration"] <= 6
+    assert not info["converged"] and info["iterations"] <= 7
+    _, ok = inf.cg_solve(lambda v: a @ v + 2 * v, b, 100, 1e-6)  # damping 2 > |lambda_min|: positive definite
+    assert ok["converged"] and ok["negative_curvature"] == 0

@@ -33,7 +33,7 @@ from .backends import (
     register_backend,
 )
 from .methods import Arnoldi, ConjugateGradient, Explicit, LiSSA, TracIn
-from .objective import Objective, ParamSubset, head_of
+from .objective import Curvature, Objective, ParamSubset, head_of
 from .retraining import (
     LOOResult,
     Strategy,
@@ -53,7 +53,7 @@ from .solvers import arnoldi_eig, cg_solve, lissa_solve, top_eigenvalue
 
 __all__ = [
     "fit", "lean_unsupported", "test_outputs", "margins_of", "exact_loo", "loo_subsets", "resolve_strategy",
-    "LOOResult", "Strategy", "Objective", "ParamSubset", "head_of", "InfluenceProblem", "BackendResult",
+    "LOOResult", "Strategy", "Objective", "ParamSubset", "Curvature", "head_of", "InfluenceProblem", "BackendResult",
     "InfluenceBackend", "BACKENDS", "register_backend", "get_backend", "Explicit", "ConjugateGradient", "LiSSA",
     "Arnoldi", "TracIn", "cg_solve", "lissa_solve", "top_eigenvalue", "arnoldi_eig", "correlations",
     "rank_agreement", "top_k", "label_agreement", "gradient_similarity",

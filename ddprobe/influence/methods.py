@@ -13,7 +13,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from .backends import BackendResult, InfluenceBackend, InfluenceProblem
-from .objective import Objective, ParamSubset
+from .objective import Curvature, Objective, ParamSubset
 from .solvers import arnoldi_eig, cg_solve, lissa_solve, top_eigenvalue
 
 
@@ -21,7 +21,21 @@ class _IFOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     params: ParamSubset = Field("last", description="parameter subset: 'last' (classifier head) or 'all'")
-    damping: float = Field(0.01, ge=0, description="added to the Hessian's diagonal (Koh & Liang's lambda)")
+    damping: float = Field(0.01, ge=0, description="added to the curvature's diagonal (Koh & Liang's lambda)")
+    curvature: Literal["auto", "hessian", "ggn"] = Field(
+        "auto", description="the matrix inverted: the Hessian or the Gauss-Newton matrix (positive semi-definite); "
+                            "auto: the Gauss-Newton matrix for params 'all', the Hessian for 'last' (where the two "
+                            "are equal for a linear head)")
+
+    def resolved_curvature(self) -> Curvature:
+        if self.curvature != "auto":
+            return self.curvature
+        return "ggn" if self.params == "all" else "hessian"
+
+
+def _solve_info(o: _IFOptions) -> dict[str, object]:
+    """What every influence-function backend reports about the matrix it inverted."""
+    return {"curvature": o.resolved_curvature(), "damping": o.damping}
 
 
 class Explicit(InfluenceBackend):
@@ -36,12 +50,12 @@ class Explicit(InfluenceBackend):
         obj = problem.objective(o.params)
         if obj.dim > o.max_params:
             return BackendResult(None, "failed", info={"error": f"{obj.dim} parameters > max_params {o.max_params}"})
-        h = obj.hessian().double()
+        h = obj.hessian(o.resolved_curvature()).double()
         eig = torch.linalg.eigvalsh(h)
         damped = h + o.damping * torch.eye(obj.dim, dtype=h.dtype, device=h.device)
         ihvp = torch.linalg.solve(damped, problem.removal_gradients(obj).double()).float()
         return BackendResult(problem.scores_from_ihvp(obj, ihvp), info={
-            "params": obj.dim, "min_eigenvalue": float(eig[0]), "max_eigenvalue": float(eig[-1]),
+            **_solve_info(o), "params": obj.dim, "min_eigenvalue": float(eig[0]), "max_eigenvalue": float(eig[-1]),
             "negative_eigenvalues": int((eig < -1e-6 * eig.abs().max()).sum())})  # beyond rounding
 
 
@@ -58,14 +72,26 @@ class ConjugateGradient(InfluenceBackend):
         obj = problem.objective(o.params)
         g = problem.removal_gradients(obj)  # [p, n]
 
+        product = obj.product(o.resolved_curvature())
+
         def op(v: torch.Tensor) -> torch.Tensor:
-            return obj.hvp(v) + o.damping * v
+            return product(v) + o.damping * v
 
         x, info = cg_solve(op, g, o.max_iter, o.tol)
-        status = "ok" if info["converged"] or info["relative_residual"] < 1e-2 else "diverged"
+        info = {**_solve_info(o), **info}
+        if info["negative_curvature"]:
+            info.update(error=f"the damped {info['curvature']} is indefinite: {info['negative_curvature']} of "
+                              f"{g.shape[1]} columns met a direction of negative curvature",
+                        hint="use curvature = 'ggn' (positive semi-definite) or raise damping above the most "
+                             "negative eigenvalue")
+            return BackendResult(None, "diverged", info=info)
         if not bool(torch.isfinite(x).all()):
             return BackendResult(None, "diverged", info=info)
-        return BackendResult(problem.scores_from_ihvp(obj, x) if status == "ok" else None, status, info=info)
+        if not (info["converged"] or info["relative_residual"] < 1e-2):
+            info.update(error=f"relative residual {info['relative_residual']:.2g} after {info['iterations']} "
+                              "iterations", hint="raise max_iter or damping")
+            return BackendResult(None, "diverged", info=info)
+        return BackendResult(problem.scores_from_ihvp(obj, x), info=info)
 
 
 class LiSSA(InfluenceBackend):
@@ -85,13 +111,15 @@ class LiSSA(InfluenceBackend):
         obj = problem.objective(o.params)
         g = problem.removal_gradients(obj)
         gen = torch.Generator().manual_seed(o.seed)
+        product = obj.product(o.resolved_curvature())
         if o.scale == "auto":
-            lam = top_eigenvalue(obj.hvp, obj.dim, generator=gen, device=obj.device) + o.damping
+            lam = top_eigenvalue(product, obj.dim, generator=gen, device=obj.device) + o.damping
             scale = 1.5 * abs(lam) if lam != 0 else 1.0
         else:
             scale = float(o.scale)
-        h, info = lissa_solve(lambda v, idx: obj.hvp(v, idx), g, obj.n, damping=o.damping, scale=scale,
+        h, info = lissa_solve(lambda v, idx: product(v, idx), g, obj.n, damping=o.damping, scale=scale,
                               depth=o.depth, batch_size=o.batch_size, generator=gen, divergence=o.divergence)
+        info = {**_solve_info(o), **info}
         if info["diverged"]:
             return BackendResult(None, "diverged", info=info)
         return BackendResult(problem.scores_from_ihvp(obj, h), info=info)
@@ -110,13 +138,14 @@ class Arnoldi(InfluenceBackend):
         o = self.options
         obj = problem.objective(o.params)
         gen = torch.Generator().manual_seed(o.seed)
-        vals, vecs = arnoldi_eig(obj.hvp, obj.dim, min(o.iterations, obj.dim), generator=gen, device=obj.device)
+        vals, vecs = arnoldi_eig(obj.product(o.resolved_curvature()), obj.dim, min(o.iterations, obj.dim),
+                                 generator=gen, device=obj.device)
         keep = torch.argsort(vals.abs(), descending=True)[: o.rank]
         vals, vecs = vals[keep], vecs[:, keep]
         inv = 1.0 / (vals + o.damping)
         ihvp = vecs @ (inv.unsqueeze(1) * (vecs.T @ problem.removal_gradients(obj)))
         return BackendResult(problem.scores_from_ihvp(obj, ihvp), info={
-            "rank": int(vals.numel()), "top_eigenvalue": float(vals.abs().max()),
+            **_solve_info(o), "rank": int(vals.numel()), "top_eigenvalue": float(vals.abs().max()),
             "smallest_kept": float(vals.abs().min())})
 
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 from ..training import loss_fn
 
 ParamSubset = Literal["last", "all"]
+Curvature = Literal["hessian", "ggn"]
 
 
 def head_of(model: nn.Module) -> tuple[str, nn.Module]:
@@ -72,6 +74,7 @@ class Objective:
         self.train_y = train_y.to(self.device)
         self.n = int(self.train_x.shape[0])
         self._graph: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._ggn_graph: tuple[torch.Tensor, ...] | None = None
 
     @property
     def dim(self) -> int:
@@ -120,6 +123,53 @@ class Objective:
             cols.append(torch.autograd.grad(g, th, block, retain_graph=True, is_grads_batched=True)[0].T)
         return torch.cat(cols, 1)
 
+    def ggn_vp(self, v: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """``G v`` (``v``: ``[p]`` or ``[p, k]``), ``G = mean_i J_i^T H_z,i J_i + l2 I`` the Gauss-Newton matrix.
+
+        ``J_i`` is the Jacobian of example ``i``'s logits in the parameters and ``H_z,i = diag(p_i) - p_i p_i^T``
+        the Hessian of the cross-entropy in the logits; ``G`` drops the Hessian's term with the network's second
+        derivatives, so it is positive semi-definite and a damped solve with it always converges. For a linear head
+        on frozen features the logits are linear in the parameters and ``G`` equals the Hessian. Products reuse one
+        graph (logits, their gradient and ``J^T u`` for a dummy ``u``): ``J v`` is the derivative of ``J^T u`` in
+        ``u``, then ``H_z`` and ``J^T`` by two more backward passes.
+        """
+        if self.linear:
+            return self._linear_hvp(v, idx)
+        if idx is None:
+            if self._ggn_graph is None:
+                self._ggn_graph = self._build_ggn_graph(None)
+            th, z, gz, dummy, jt = self._ggn_graph
+        else:
+            th, z, gz, dummy, jt = self._build_ggn_graph(idx)
+
+        def prod(block: torch.Tensor, batched: bool) -> torch.Tensor:
+            jv = torch.autograd.grad(jt, dummy, block, retain_graph=True, is_grads_batched=batched)[0]
+            hjv = torch.autograd.grad(gz, z, jv, retain_graph=True, is_grads_batched=batched)[0]
+            return torch.autograd.grad(z, th, hjv, retain_graph=True, is_grads_batched=batched)[0]
+
+        if v.dim() == 1:
+            return prod(v, False) + self.l2 * v
+        cols = [prod(v[:, s:s + 64].T.contiguous(), True).T for s in range(0, v.shape[1], 64)]
+        return torch.cat(cols, 1) + self.l2 * v
+
+    def _build_ggn_graph(self, idx: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        x, y = (self.train_x, self.train_y) if idx is None else (self.train_x[idx], self.train_y[idx])
+        with torch.enable_grad():
+            th = self.theta0.detach().clone().requires_grad_(True)
+            z = self.logits(th, x)
+            gz = torch.autograd.grad(loss_fn(z, y), z, create_graph=True)[0]
+            dummy = torch.zeros_like(z, requires_grad=True)
+            jt = torch.autograd.grad(z, th, dummy, create_graph=True)[0]
+        return th, z, gz, dummy, jt
+
+    def product(self, curvature: Curvature) -> Callable[..., torch.Tensor]:
+        """``v, idx=None -> M v`` for ``M`` the Hessian (``"hessian"``) or the Gauss-Newton matrix (``"ggn"``)."""
+        if curvature == "hessian":
+            return self.hvp
+        if curvature == "ggn":
+            return self.ggn_vp
+        raise ValueError(f"curvature must be 'hessian' or 'ggn', not {curvature!r}")
+
     def _linear_parts(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         d = self.train_x.shape[1]
         k = self.shapes[0][0]
@@ -147,10 +197,11 @@ class Objective:
             th = self.theta0.detach().clone().requires_grad_(True)
             return th, torch.autograd.grad(self.loss(th, idx), th, create_graph=True)[0]
 
-    def hessian(self) -> torch.Tensor:
-        """The explicit ``[p, p]`` Hessian (symmetrized), from ``p`` vmapped Hessian-vector products."""
+    def hessian(self, curvature: Curvature = "hessian") -> torch.Tensor:
+        """The explicit ``[p, p]`` Hessian or Gauss-Newton matrix (symmetrized), from ``p`` vmapped products."""
         eye = torch.eye(self.dim, device=self.theta0.device, dtype=self.theta0.dtype)
-        cols = [self.hvp(eye[:, s:s + 256]) for s in range(0, self.dim, 256)]
+        product = self.product(curvature)
+        cols = [product(eye[:, s:s + 256]) for s in range(0, self.dim, 256)]
         h = torch.cat(cols, 1)
         return 0.5 * (h + h.T)
 

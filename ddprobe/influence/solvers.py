@@ -11,28 +11,46 @@ import torch
 
 def cg_solve(op: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, max_iter: int,
              tol: float) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Solve ``op(X) = B`` column by column (vectorized); ``op`` must be symmetric (positive definite to converge)."""
+    """Solve ``op(X) = B`` column by column (vectorized); ``op`` must be symmetric positive definite to converge.
+
+    A column whose search direction has curvature ``p^T op(p) <= 0`` meets the operator's indefinite part: CG
+    cannot continue on it, so that column stops there (never silently iterating on), and ``info`` reports
+    ``negative_curvature`` (how many columns) and the first iteration it happened.
+    """
     x = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()
     rs = (r * r).sum(0)
     bnorm = b.norm(dim=0).clamp_min(1e-30)
+    active = rs.sqrt() > tol * bnorm
+    indefinite = torch.zeros_like(active)
+    first_negative: int | None = None
     iterations = 0
     for iterations in range(1, max_iter + 1):  # noqa: B007 - reported below
+        if not bool(active.any()):
+            iterations -= 1
+            break
         ap = op(p)
         curv = (p * ap).sum(0)
-        active = rs.sqrt() > tol * bnorm
-        alpha = torch.where(active & (curv > 0), rs / curv.clamp_min(1e-30), torch.zeros_like(rs))
+        negative = active & (curv <= 0)
+        if bool(negative.any()):
+            indefinite |= negative
+            active &= ~negative
+            first_negative = iterations if first_negative is None else first_negative
+        alpha = torch.where(active, rs / curv.clamp_min(1e-30), torch.zeros_like(rs))
         x = x + alpha * p
         r = r - alpha * ap
         rs_new = (r * r).sum(0)
         beta = torch.where(active, rs_new / rs.clamp_min(1e-30), torch.zeros_like(rs))
         p = r + beta * p
-        rs = rs_new
-        if not bool((rs.sqrt() > tol * bnorm).any()):
-            break
+        rs = torch.where(active, rs_new, rs)
+        active &= rs.sqrt() > tol * bnorm
     rel = float((rs.sqrt() / bnorm).max())
-    return x, {"iterations": iterations, "relative_residual": rel, "converged": rel <= tol}
+    info: dict[str, Any] = {"iterations": iterations, "relative_residual": rel, "converged": rel <= tol,
+                            "negative_curvature": int(indefinite.sum())}
+    if first_negative is not None:
+        info["first_negative_curvature_iteration"] = first_negative
+    return x, info
 
 
 def top_eigenvalue(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, iters: int = 30,
