@@ -13,9 +13,10 @@ def cg_solve(op: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, max_it
              tol: float) -> tuple[torch.Tensor, dict[str, Any]]:
     """Solve ``op(X) = B`` column by column (vectorized); ``op`` must be symmetric positive definite to converge.
 
-    A column whose search direction has curvature ``p^T op(p) <= 0`` meets the operator's indefinite part: CG
-    cannot continue on it, so that column stops there (never silently iterating on), and ``info`` reports
-    ``negative_curvature`` (how many columns) and the first iteration it happened.
+    A search direction with curvature ``p^T op(p) <= 0`` shows that the operator is not positive definite: CG's
+    answer is then meaningless for every column, so the solve stops at the first such iteration instead of
+    iterating on, and ``info`` reports ``negative_curvature`` (how many columns met it there) and
+    ``first_negative_curvature_iteration``.
     """
     x = torch.zeros_like(b)
     r = b.clone()
@@ -23,7 +24,7 @@ def cg_solve(op: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, max_it
     rs = (r * r).sum(0)
     bnorm = b.norm(dim=0).clamp_min(1e-30)
     active = rs.sqrt() > tol * bnorm
-    indefinite = torch.zeros_like(active)
+    negative_columns = 0
     first_negative: int | None = None
     iterations = 0
     for iterations in range(1, max_iter + 1):  # noqa: B007 - reported below
@@ -34,9 +35,8 @@ def cg_solve(op: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, max_it
         curv = (p * ap).sum(0)
         negative = active & (curv <= 0)
         if bool(negative.any()):
-            indefinite |= negative
-            active &= ~negative
-            first_negative = iterations if first_negative is None else first_negative
+            negative_columns, first_negative = int(negative.sum()), iterations
+            break
         alpha = torch.where(active, rs / curv.clamp_min(1e-30), torch.zeros_like(rs))
         x = x + alpha * p
         r = r - alpha * ap
@@ -47,7 +47,7 @@ def cg_solve(op: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, max_it
         active &= rs.sqrt() > tol * bnorm
     rel = float((rs.sqrt() / bnorm).max())
     info: dict[str, Any] = {"iterations": iterations, "relative_residual": rel, "converged": rel <= tol,
-                            "negative_curvature": int(indefinite.sum())}
+                            "negative_curvature": negative_columns}
     if first_negative is not None:
         info["first_negative_curvature_iteration"] = first_negative
     return x, info
