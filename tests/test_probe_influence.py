@@ -44,7 +44,7 @@ def test_influence_probe_end_to_end(make_ctx, random_set):
     assert res.timings["rand1/seconds_per_retrain"] > 0 and res.timings["rand1/audit/explicit/seconds"] >= 0
     assert 0 <= m["rand1/label_agreement"] <= 1 and m["rand1/noise_floor"] < 1e-3
     audit = res.tables["audit"]
-    assert list(audit.backend) == ["explicit", "cg", "lissa", "arnoldi", "tracin"]
+    assert list(audit.backend) == ["explicit", "cg", "lissa", "arnoldi", "ekfac", "tracin"]
     for row in audit.itertuples():
         assert row.status in ("ok", "diverged", "failed")
         if row.status == "ok":

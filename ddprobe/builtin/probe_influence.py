@@ -15,7 +15,7 @@ from ..results import ProbeResult
 from ..training import RecipeOverride
 from .influence_coherence import FEATURES, LABEL
 
-DEFAULT_BACKENDS = ["explicit", "cg", "lissa", "arnoldi", "tracin"]
+DEFAULT_BACKENDS = ["explicit", "cg", "lissa", "arnoldi", "ekfac", "tracin"]
 
 
 class Influence:

@@ -17,7 +17,9 @@ Modules (everything public is importable from ``ddprobe.influence``):
 * ``backends``: the backend contract (``InfluenceProblem``, ``BackendResult``, ``InfluenceBackend``) and the registry
   (``BACKENDS``, ``register_backend``, ``get_backend``).
 * ``solvers``: ``cg_solve``, ``lissa_solve``, ``top_eigenvalue``, ``arnoldi_eig``.
-* ``methods``: the built-in backends ``explicit``, ``cg``, ``lissa``, ``arnoldi``, ``tracin``.
+* ``kfac``: ``KroneckerFactored``, K-FAC and EK-FAC approximations of the Gauss-Newton matrix over every
+  ``Linear`` and ``Conv2d`` layer.
+* ``methods``: the built-in backends ``explicit``, ``cg``, ``lissa``, ``arnoldi``, ``ekfac``, ``kfac``, ``tracin``.
 * ``audit``: ``correlations``, ``rank_agreement``, ``top_k``, ``label_agreement``, ``gradient_similarity``.
 """
 
@@ -32,7 +34,8 @@ from .backends import (
     get_backend,
     register_backend,
 )
-from .methods import Arnoldi, ConjugateGradient, Explicit, LiSSA, TracIn
+from .kfac import KroneckerFactored
+from .methods import EKFAC, KFAC, Arnoldi, ConjugateGradient, Explicit, LiSSA, TracIn
 from .objective import Curvature, Objective, ParamSubset, head_of
 from .retraining import (
     LOOResult,
@@ -55,7 +58,8 @@ __all__ = [
     "fit", "lean_unsupported", "test_outputs", "margins_of", "exact_loo", "loo_subsets", "resolve_strategy",
     "LOOResult", "Strategy", "Objective", "ParamSubset", "Curvature", "head_of", "InfluenceProblem", "BackendResult",
     "InfluenceBackend", "BACKENDS", "register_backend", "get_backend", "Explicit", "ConjugateGradient", "LiSSA",
-    "Arnoldi", "TracIn", "cg_solve", "lissa_solve", "top_eigenvalue", "arnoldi_eig", "correlations",
+    "Arnoldi", "TracIn", "EKFAC", "KFAC", "KroneckerFactored", "cg_solve", "lissa_solve", "top_eigenvalue",
+    "arnoldi_eig", "correlations",
     "rank_agreement", "top_k", "label_agreement", "gradient_similarity",
     # used by benchmarks/bench_influence.py and the executor test
     "_Job", "_retrain", "_retrain_many", "_loo_vmapped",

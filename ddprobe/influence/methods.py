@@ -1,4 +1,5 @@
-"""The built-in influence backends: explicit inverse, CG, LiSSA, Arnoldi (influence functions) and TracIn.
+"""The built-in influence backends: explicit inverse, CG, LiSSA, Arnoldi, EK-FAC, K-FAC (influence functions)
+and TracIn.
 
 Registered by the default plugin ``ddprobe.builtin.influence_backends`` through the ``register_influence_backends``
 hook, as a third-party plugin registers its own (``BUILTIN`` lists them).
@@ -7,12 +8,13 @@ hook, as a third-party plugin registers its own (``BUILTIN`` lists them).
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from .backends import BackendResult, InfluenceBackend, InfluenceProblem
+from .kfac import Kind
 from .objective import Curvature, Objective, ParamSubset
 from .solvers import arnoldi_eig, cg_solve, lissa_solve, top_eigenvalue
 
@@ -80,8 +82,9 @@ class ConjugateGradient(InfluenceBackend):
         x, info = cg_solve(op, g, o.max_iter, o.tol)
         info = {**_solve_info(o), **info}
         if info["negative_curvature"]:
-            info.update(error=f"the damped {info['curvature']} is indefinite: {info['negative_curvature']} of "
-                              f"{g.shape[1]} columns met a direction of negative curvature",
+            info.update(error=f"the damped {info['curvature']} is indefinite: at iteration {info['iterations']}, "
+                              f"{info['negative_curvature']} of {g.shape[1]} columns met a direction of negative "
+                              "curvature",
                         hint="use curvature = 'ggn' (positive semi-definite) or raise damping above the most "
                              "negative eigenvalue")
             return BackendResult(None, "diverged", info=info)
@@ -172,4 +175,45 @@ class TracIn(InfluenceBackend):
         return BackendResult(total * problem.lr / problem.n, info={"checkpoints": len(problem.checkpoints)})
 
 
-BUILTIN: tuple[type[InfluenceBackend], ...] = (Explicit, ConjugateGradient, LiSSA, Arnoldi, TracIn)
+class _KroneckerOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    params: ParamSubset = Field("all", description="parameter subset: 'all' (every layer) or 'last' (the head)")
+    damping: float | Literal["heuristic"] = Field(
+        "heuristic", description="added to the eigenvalues: a number, or 'heuristic' = damping_scale x each "
+                                 "layer's mean eigenvalue")
+    damping_scale: float = Field(0.1, gt=0, description="the heuristic's factor (kronfluence's heuristic: 0.1)")
+    others: Literal["skip", "diagonal"] = Field(
+        "skip", description="parameters outside Linear/Conv2d layers (norm scales and shifts): left out of the "
+                            "influence, or preconditioned by the diagonal of the Gauss-Newton matrix")
+    chunk: int = Field(64, ge=1, description="examples per forward pass")
+
+
+class _Kronecker(InfluenceBackend):
+    kind: ClassVar[Kind] = "ekfac"
+    Options = _KroneckerOptions
+
+    def _compute(self, problem: InfluenceProblem) -> BackendResult:
+        from .kfac import KroneckerFactored
+
+        o = self.options
+        factors = KroneckerFactored(problem.model, kind=self.kind, params=o.params, others=o.others,
+                                    damping=o.damping, damping_scale=o.damping_scale, l2=problem.l2, chunk=o.chunk)
+        scores = factors.influence(problem.train_x, problem.train_y, problem.test_x, problem.test_y)
+        return BackendResult(scores, info=factors.describe())
+
+
+class EKFAC(_Kronecker):
+    name = "ekfac"
+    description = ("influence functions with EK-FAC: Kronecker-factored Gauss-Newton eigenbasis per Linear/Conv2d "
+                   "layer, eigenvalues corrected to the exact gradient second moments")
+    kind = "ekfac"
+
+
+class KFAC(_Kronecker):
+    name = "kfac"
+    description = "influence functions with K-FAC: Kronecker-factored Gauss-Newton blocks per Linear/Conv2d layer"
+    kind = "kfac"
+
+
+BUILTIN: tuple[type[InfluenceBackend], ...] = (Explicit, ConjugateGradient, LiSSA, Arnoldi, TracIn, EKFAC, KFAC)
