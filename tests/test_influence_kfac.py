@@ -161,6 +161,19 @@ def test_unsupported_layers_fail_with_the_reason():
     r = inf.get_backend("ekfac").compute(problem)
     assert r.status == "failed" and "groups=2" in r.info["error"]
 
+    class Twice(nn.Module):  # one layer used twice in a forward pass: its factors would mix two inputs
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.layer(torch.relu(self.layer(x)))
+
+    problem = inf.InfluenceProblem(Twice(), torch.randn(4, 3), torch.arange(4) % 3, torch.randn(2, 3),
+                                   torch.arange(2))
+    r = inf.get_backend("kfac").compute(problem)
+    assert r.status == "failed" and "more than once" in r.info["error"]
+
 
 def test_the_probe_accepts_the_kronecker_backends():
     from pydantic import ValidationError

@@ -238,6 +238,13 @@ def test_hook_register_influence_backends(ddprobe_register, tmp_path):
     ddprobe_register(Plugin())
     assert BACKENDS["signed-explicit"] is SignedExplicit and BACKENDS.owner("signed-explicit") == "signed-backend"
     assert get_backend("signed-explicit", {"sign": -1}).options.sign == -1
+    from typer.testing import CliRunner
+
+    from ddprobe.cli import app
+
+    listed = CliRunner().invoke(app, ["list", "influence-backends"])
+    assert listed.exit_code == 0 and "ekfac" in listed.output and "signed-explicit" in listed.output
+    assert "(signed-backend)" in listed.output
     path = write_spec(tmp_path, probe="influence")
     path.write_text(path.read_text().replace('kind = "influence"', """kind = "influence"
 inits = 1
