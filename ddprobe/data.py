@@ -167,7 +167,12 @@ class Manifest(BaseModel):
     image_shape: list[int] | None = None
     label_kind: str = "hard"
     learned_lr: float | None = None
+    learned_lr_source: str | None = None  # the file or spec key it came from (imported sets)
     input_space: InputSpace | None = None
+    # imported sets (ddprobe.spaces): the space the file's images are in when its format says so (pixels,
+    # normalized, zca), and the space its distiller trained in when the file says so (an MTT --zca run)
+    file_space: str | None = None
+    distilled_space: str | None = None
     source_dataset: str | None = None
     source_file: str | None = None
     importer: str | None = None

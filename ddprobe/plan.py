@@ -219,6 +219,12 @@ def plan_study(spec: Spec, measure: bool = True) -> Plan:
     cache = make_cache(spec)
     cache.write = False  # a dry run stores nothing
     entries: list[Entry] = []
+    check = getattr(spec.data.plugin, "check", None)  # optional dataset extension: is the data there?
+    problems = check(spec.data.options, spec.base_dir) if check is not None else []
+    if problems:
+        from .errors import DDProbeError
+
+        raise DDProbeError("\n".join(problems))
     try:
         real = load_real(spec)
     except Exception as exc:

@@ -44,6 +44,7 @@ class ReportSection(BaseModel):
 PRETRAIN_DEFAULTS = {"epochs": 20, "batch_size": 256, "steps": None}
 SECTIONS = ("study", "data", "train", "pretrain", "models", "distilled", "probe", "report")
 DISTILLED_KEYS = ("distiller", "path", "importer", "ipc", "input_space")
+INPUT_SPACES = ("study", "pixels", "normalized", "zca")  # ddprobe.spaces; "study" = not declared, checked
 PROBE_KEYS = ("kind", "id", "expect")
 
 
@@ -66,7 +67,8 @@ class DistilledSpec:
     options: BaseModel | None = None
     path: Path | None = None
     importer: str | None = None
-    input_space: Literal["study", "pixels"] = "study"
+    input_space: Literal["study", "pixels", "normalized", "zca"] = "study"
+    learned_lr: float | None = None
 
 
 @dataclass
@@ -272,19 +274,27 @@ def parse_spec(raw: dict[str, Any], path: Path | None = None, raw_bytes: bytes |
             problems.append(f"{where}.ipc: must be a positive integer (got {ipc!r})")
             ipc = None
         input_space = table.pop("input_space", "study")
-        if input_space not in ("study", "pixels"):
-            problems.append(f"{where}.input_space: must be 'study' or 'pixels' (got {input_space!r})")
+        if input_space not in INPUT_SPACES:
+            problems.append(f"{where}.input_space: must be one of {', '.join(repr(v) for v in INPUT_SPACES)} "
+                            f"(got {input_space!r})")
             input_space = "study"
         if "path" in table:
             file = table.pop("path")
             importer = table.pop("importer", None)
             if importer is not None:
                 _lookup("importer", importer, f"{where}.importer", problems)
+            learned_lr = table.pop("learned_lr", None)
+            if learned_lr is not None and (isinstance(learned_lr, bool) or not isinstance(learned_lr, (int, float))
+                                           or not learned_lr > 0 or learned_lr == float("inf")):
+                problems.append(f"{where}.learned_lr: must be a positive number, the set's learned learning rate "
+                                f"(got {learned_lr!r})")
+                learned_lr = None
             for extra in table:
                 problems.append(f"{where}.{extra}: unknown key for an imported set; valid: path, importer, ipc, "
-                                f"input_space")
+                                f"input_space, learned_lr")
             distilled[name] = DistilledSpec(name, ipc, path=(base / str(file)), importer=importer,
-                                            input_space=input_space)
+                                            input_space=input_space,
+                                            learned_lr=None if learned_lr is None else float(learned_lr))
             continue
         if "distiller" not in table:
             problems.append(f"{where}: needs distiller = \"...\" (valid: "
@@ -455,10 +465,11 @@ def json_schema() -> dict[str, Any]:
             "models": {"type": "object", "additionalProperties": {"anyOf": plugin_variants("model", "arch", {})}},
             "distilled": {"type": "object", "additionalProperties": {"anyOf": [
                 *plugin_variants("distiller", "distiller", {"ipc": {"type": "integer", "minimum": 1},
-                                                            "input_space": {"enum": ["study", "pixels"]}}),
+                                                            "input_space": {"enum": list(INPUT_SPACES)}}),
                 {"type": "object", "required": ["path"], "additionalProperties": False, "properties": {
                     "path": {"type": "string"}, "importer": {"type": "string"}, "ipc": {"type": "integer"},
-                    "input_space": {"enum": ["study", "pixels"]}}},
+                    "input_space": {"enum": list(INPUT_SPACES)},
+                    "learned_lr": {"type": "number", "exclusiveMinimum": 0}}},
             ]}},
             "probe": {"type": "array", "items": {"anyOf": plugin_variants(
                 "probe", "kind", {"id": {"type": "string"}, "expect": expect})}},

@@ -102,16 +102,21 @@ def build_distilled(spec: Spec, dspec: DistilledSpec, real: RealData, cache: Cac
     from .data import check_compatible, content_hash, load_distilled, save_distilled, verify_content_hash
 
     if dspec.path is not None:
+        from .spaces import adopt
+
+        where = f"{dspec.name!r} ({dspec.path})"
         ds = import_file(dspec.path, dspec.importer)
         verify_content_hash(ds, str(dspec.path))  # a hash the file's manifest claims must be the file's
-        if dspec.input_space == "pixels":
-            ds.images = real.from_pixels(ds.images)
+        ds.classes = list(real.classes) if len(ds.classes) <= real.num_classes else ds.classes
+        check_compatible(ds, real, where=where)  # shape, labels, values: before the space is looked at
+        ds.manifest.warnings = adopt(ds, real, dspec.name, dspec.input_space, where=where)
+        if dspec.learned_lr is not None:
+            ds.manifest.learned_lr, ds.manifest.learned_lr_source = dspec.learned_lr, "spec (learned_lr)"
         if ds.manifest.input_space is None:
             ds.manifest.input_space = real.space
-        ds.classes = list(real.classes) if len(ds.classes) <= real.num_classes else ds.classes
         ds.manifest.name = dspec.name
         ds.manifest.source_dataset = ds.manifest.source_dataset or real.name
-        check_compatible(ds, real, where=f"{dspec.name!r} ({dspec.path})")
+        check_compatible(ds, real, where=where)
         ds.manifest.sha256 = content_hash(ds.images, ds.labels)  # of what the probes see, after any conversion
         return ds, False
     key = cache.key("distilled", distilled_cache_parts(spec, dspec, dkey))
@@ -311,8 +316,8 @@ def prepare(spec: Spec, output_dir: Path, no_cache: bool = False, console: Any =
         from rich.markup import escape
 
         cache.report = lambda message: _say(console, f"[yellow]warning:[/yellow] {escape(message)}")
+    real = load_real(spec)  # a dataset that cannot be loaded stops the study before anything is written
     output_dir.mkdir(parents=True, exist_ok=True)
-    real = load_real(spec)
     dkey = data_key(spec, real)
     sets: dict[str, DistilledSet] = {}
     records: dict[str, DistilledRecord] = {}
@@ -334,6 +339,10 @@ def prepare(spec: Spec, output_dir: Path, no_cache: bool = False, console: Any =
             return
         sets[dspec.name] = ds
         m = ds.manifest
+        for warning in getattr(m, "warnings", None) or []:
+            from rich.markup import escape
+
+            _say(console, f"[yellow]warning:[/yellow] {escape(warning)}")
         records[dspec.name] = DistilledRecord(
             dspec.name, m.distiller, m.ipc, len(ds), m.sha256 or "",
             m.seconds if cached or dspec.path else time.perf_counter() - start,

@@ -88,12 +88,43 @@ class TorchvisionDataset:
         self.name, self.cls_name, self.description = name, cls_name, description
         self.mean, self.std = mean, std
 
+    def expected_files(self, folder: Path) -> list[Path]:
+        """The files torchvision reads for this dataset under ``folder`` (from its classes' own file lists)."""
+        import torchvision
+
+        cls = getattr(torchvision.datasets, self.cls_name)
+        if hasattr(cls, "base_folder") and hasattr(cls, "train_list"):  # CIFAR-10/100
+            names = [n for n, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+            return [folder / cls.base_folder / n for n in names]
+        if hasattr(cls, "split_list"):  # SVHN
+            return [folder / cls.split_list[split][1] for split in ("train", "test")]
+        if hasattr(cls, "resources"):  # MNIST, FashionMNIST
+            raw = folder / cls.__name__ / "raw"
+            return [raw / Path(url.rsplit("/", 1)[-1]).stem for url, _ in cls.resources]
+        return []
+
+    def _missing_message(self, options: Options, folder: Path, missing: list[Path]) -> str:
+        shown = ", ".join(str(p.relative_to(folder)) for p in missing[:8]) + (" ..." if len(missing) > 8 else "")
+        return (f"dataset {self.name!r} is not in {folder} (root = {options.root!r} in [data], relative to the "
+                f"spec file): missing {shown}. Set `download = true` in the [data] table to download it there, "
+                f"or set `root` to the folder that already holds it.")
+
+    def check(self, options: Options, root: Path) -> list[str]:
+        """Problems that would stop ``load`` before anything runs: files missing while download = false."""
+        folder = (Path(root) / options.root).resolve()
+        missing = [p for p in self.expected_files(folder) if not p.is_file()]
+        return [self._missing_message(options, folder, missing)] if missing and not options.download else []
+
     def load(self, options: Options, root: Path):
         import torch
         import torchvision
 
         folder = (Path(root) / options.root).resolve()
+        problems = self.check(options, root)
+        if problems:
+            raise DDProbeError(problems[0])
         cls = getattr(torchvision.datasets, self.cls_name)
+        existed = folder.exists()
         try:
             if self.name == "svhn":
                 train = cls(str(folder), split="train", download=options.download)
@@ -101,13 +132,18 @@ class TorchvisionDataset:
             else:
                 train = cls(str(folder), train=True, download=options.download)
                 test = cls(str(folder), train=False, download=options.download)
-        except RuntimeError as exc:
+        except (RuntimeError, OSError) as exc:  # URLError is an OSError: no network
+            reason = getattr(exc, "reason", None) or exc
+            if not existed and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()  # a failed download leaves no empty folder behind
             if options.download:
-                raise DDProbeError(f"could not download {self.name} into {folder}: {exc}") from exc
-            raise DDProbeError(
-                f"dataset {self.name!r} was not found under {folder}. Set `download = true` in the [data] table "
-                f"to download it there, or set `root` to the folder that already holds it."
-            ) from exc
+                files = ", ".join(str(p.relative_to(folder)) for p in self.expected_files(folder))
+                raise DDProbeError(
+                    f"dataset {self.name!r} could not be downloaded into {folder} ({reason}). Without network "
+                    f"access, put its files there yourself ({files}) or set `root` in [data] to the folder that "
+                    f"holds them.") from exc
+            raise DDProbeError(f"dataset {self.name!r} under {folder} cannot be read ({reason}); delete it and "
+                               "set `download = true` in the [data] table to fetch it again.") from exc
 
         def tensors(ds):
             data = ds.data

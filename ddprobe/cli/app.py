@@ -79,7 +79,7 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 def _register() -> None:
     from ..plugins import load_plugins
-    from . import init, inspect, run  # noqa: F401  (modules add their commands to ``app``)
+    from . import init, inspect, inspect_file, run  # noqa: F401  (modules add their commands to ``app``)
 
     pm = load_plugins()
     from . import cache, compare, plan  # noqa: F401  (listed after run and distill in --help)

@@ -23,6 +23,10 @@ def validate(spec: Path = typer.Argument(..., metavar="SPEC", help="Study spec (
         parsed = load_spec(spec)
     except SpecError as exc:
         raise fail(str(exc), 2) from None
+    check = getattr(parsed.data.plugin, "check", None)  # optional dataset extension: is the data there?
+    problems = check(parsed.data.options, parsed.base_dir) if check is not None else []
+    if problems:
+        raise fail("\n".join(f"{spec}: [data] {p}" for p in problems), 2)
     from ..report.numbers import plural
 
     typer.echo(f"{spec}: ok ({plural(len(parsed.distilled), 'distilled set')}, {plural(len(parsed.models), 'model')}, "
