@@ -97,7 +97,8 @@ class _Numpy1Pickler(pickle._Pickler):
 def test_dc_res_file_written_under_numpy1(tmp_path):
     images, labels = sample()
     path = tmp_path / "res_DC_CIFAR10_ConvNet_2ipc.pt"
-    torch.save(dc_result(images, labels, images), path, pickle_module=SimpleNamespace(__name__="numpy1", Pickler=_Numpy1Pickler))
+    numpy1 = SimpleNamespace(__name__="numpy1", Pickler=_Numpy1Pickler)
+    torch.save(dc_result(images, labels, images), path, pickle_module=numpy1)
     raw = zipfile.ZipFile(path).read(next(n for n in zipfile.ZipFile(path).namelist() if n.endswith("data.pkl")))
     assert b"numpy.core.multiarray" in raw and b"numpy._core" not in raw
     ds = import_file(path)

@@ -108,12 +108,13 @@ class MTTImporter:
             return sel.file("images_zca")
         if sel.tag != "best" or not sel.file("images").exists():
             return None
-        best = sel.file("images")
-        size = best.stat().st_size
+        best = load_pt(sel.file("images"))
         for tag in sorted((t for t in _tags(sel.folder, "images_zca") if t != "best"), key=int, reverse=True):
             numbered = sel.file("images", tag)
-            if numbered.exists() and numbered.stat().st_size == size:
-                if torch.equal(load_pt(numbered), load_pt(best)):
+            if numbered.exists():
+                candidate = load_pt(numbered)
+                if isinstance(candidate, torch.Tensor) and isinstance(best, torch.Tensor) \
+                        and candidate.shape == best.shape and torch.equal(candidate, best):
                     return sel.file("images_zca", tag)
         return None
 
