@@ -13,21 +13,22 @@ and for the real training data in each space ``k`` the check measures, per chann
 standard deviation ``s_c``, and the correlation ``rho`` of horizontally and vertically adjacent pixels. The
 set's distance to space ``k`` is::
 
-    d_k = mean_c |m_c - mu_kc| / sigma_kc  +  mean_c |ln(s_c / sigma_kc)|  +  2 |rho - rho_k|
+    d_k = mean_c |m_c - mu_kc| / sigma_kc  +  mean_c spread(s_c / sigma_kc)  +  2 |rho - rho_k|
 
-(offset of the mean in real standard deviations, spread ratio on a log scale, structure). The space with the
+(offset of the mean in real standard deviations; spread ratio on a log scale, ``ln(1/r)`` when narrower and
+``0.35 ln r`` when wider, since distillation commonly adds contrast; structure). The space with the
 smallest distance is the one the set "looks like". Against the space it is assumed to be in (``d_assumed``):
 
 - ``refuse`` when another space is closer by at least ``REFUSE_MARGIN`` (1.0) and ``d_assumed`` is at least
   ``REFUSE_MIN`` (1.0): the set is clearly elsewhere;
-- ``warn`` when another space is closer by at least ``WARN_MARGIN`` (0.5);
+- ``warn`` when another space is closer by at least ``WARN_MARGIN`` (0.6);
 - ``ok`` otherwise.
 
 Calibration (docs/importing.md has the table): every set the built-in distillers make on digits (one and ten
-images per class, normalized and ZCA studies) is at least 0.3 closer to its own space than to any other; the
-same sets converted into another space are refused when their spread stays within about 2.5 times the real
-data's and warned about when it is wider, up to the point where a wide set (MTT's) is as plausible in either
-space and is accepted. The ZCA candidate of a study without ZCA comes from a ZCA fitted on at most 2000
+images per class, normalized and ZCA studies) is taken as what it is, without a warning; the same sets converted
+into another space are refused when they spread about as widely as the real data, warned about when somewhat
+wider, and a set several times wider (MTT's) is as plausible in either space and passes: the rule prefers
+silence to a false refusal. The ZCA candidate of a study without ZCA comes from a ZCA fitted on at most 2000
 training images (only for images of at most 4096 values); larger images get no ZCA candidate.
 """
 
