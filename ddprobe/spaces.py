@@ -34,6 +34,7 @@ training images (only for images of at most 4096 values); larger images get no Z
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -63,8 +64,6 @@ class Stats:
     rho: float
 
     def distance(self, ref: Stats) -> float:
-        import math
-
         n = len(self.mean)
         offset = sum(abs(m - r) / max(s, 1e-8) for m, r, s in zip(self.mean, ref.mean, ref.std, strict=True)) / n
         logs = [math.log(max(s, 1e-12) / max(r, 1e-12)) for s, r in zip(self.std, ref.std, strict=True)]
@@ -141,8 +140,8 @@ def guess_space(images: torch.Tensor, real: RealData, assumed: str | None = None
     refs = reference_stats(real)
     own = stats(images)
     distances = {k: own.distance(ref) for k, ref in refs.items() if len(ref.mean) == len(own.mean)}
-    if not distances:
-        return SpaceGuess(assumed, assumed, {}, "ok")
+    if not distances or min(own.std) <= 1e-6 or not all(math.isfinite(d) for d in distances.values()):
+        return SpaceGuess(assumed, assumed, distances, "ok")  # constant or non-finite images: nothing to tell
     looks = min(distances, key=distances.__getitem__)
     d_assumed = distances.get(assumed, float("inf"))
     margin = d_assumed - distances[looks]
