@@ -252,8 +252,9 @@ def verify_content_hash(ds: DistilledSet, where: str, claimed: str | None = None
     return computed
 
 
-def check_compatible(ds: DistilledSet, real: RealData, where: str = "") -> None:
-    """Refuse a distilled set that does not fit the real data: shape, classes, labels, values, input space."""
+def check_compatible(ds: DistilledSet, real: RealData, where: str = "", space: bool = True) -> None:
+    """Refuse a distilled set that does not fit the real data: shape, classes, labels, values, and (with
+    ``space``) the input space its manifest states."""
     import torch
 
     label = where or repr(ds.name)
@@ -278,7 +279,7 @@ def check_compatible(ds: DistilledSet, real: RealData, where: str = "") -> None:
         problems.append(f"{bad} image values are NaN or Inf")
     if ds.soft and not torch.isfinite(ds.labels).all():
         problems.append("soft labels contain NaN or Inf")
-    if ds.manifest.input_space is not None:
+    if space and ds.manifest.input_space is not None:
         for diff in ds.manifest.input_space.differences(real.space):
             problems.append(f"input space differs from {real.name}'s: {diff} (set vs real data)")
     if problems:

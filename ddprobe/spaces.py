@@ -228,6 +228,7 @@ def adopt(ds: DistilledSet, real: RealData, name: str, declared: str = "study", 
     ds.images = convert(ds.images, space, real, f"distilled set {where}")
     if space != kind:
         m.sha256 = None
+        m.input_space = None  # converted: the study stamps its own space
         ds.__post_init__()
     m.file_space = kind  # what the images are in now
     _map_class_folders(ds, real)

@@ -108,7 +108,7 @@ def build_distilled(spec: Spec, dspec: DistilledSpec, real: RealData, cache: Cac
         ds = import_file(dspec.path, dspec.importer)
         verify_content_hash(ds, str(dspec.path))  # a hash the file's manifest claims must be the file's
         ds.classes = list(real.classes) if len(ds.classes) <= real.num_classes else ds.classes
-        check_compatible(ds, real, where=where)  # shape, labels, values: before the space is looked at
+        check_compatible(ds, real, where=where, space=False)  # shape, labels, values: before the space
         ds.manifest.warnings = adopt(ds, real, dspec.name, dspec.input_space, where=where)
         if dspec.learned_lr is not None:
             ds.manifest.learned_lr, ds.manifest.learned_lr_source = dspec.learned_lr, "spec (learned_lr)"

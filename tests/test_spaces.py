@@ -227,3 +227,31 @@ def test_guess_is_refused_as_mismatch_error_type(tmp_path, digits):
     ds = DistilledSet(digits.to_pixels(x), y, digits.classes, manifest=Manifest(name="p"))
     with pytest.raises(DataMismatchError, match=r"declare input_space = \"pixels\" in \[distilled.p\]"):
         adopt(ds, digits, "p")
+
+
+def test_ddprobe_set_from_a_normalized_study_in_a_zca_study(tmp_path, digits, digits_zca):
+    from ddprobe.data import DistilledSet, Manifest, save_distilled
+
+    x, y = real_subset(digits)
+    save_distilled(DistilledSet(x, y, digits.classes, manifest=Manifest(name="n", input_space=digits.space)),
+                   tmp_path / "n")
+    record, _ = prepare_with(tmp_path, tmp_path / "n.safetensors", data="zca = true")
+    assert record.status == "error" and "distilled in normalized space" in record.error
+    record, ds = prepare_with(tmp_path, tmp_path / "n.safetensors", 'input_space = "normalized"', data="zca = true")
+    assert record.status == "ok" and ds.manifest.input_space == digits_zca.space
+    assert torch.allclose(ds.images, digits_zca.meta["whiten"](x), atol=1e-5)
+
+
+@pytest.mark.parametrize("line,message", [
+    ("learned_lr = -0.1", "learned_lr: must be a positive number"),
+    ('learned_lr = "fast"', "learned_lr: must be a positive number"),
+    ('input_space = "rgb"', "input_space: must be one of 'study', 'pixels', 'normalized', 'zca'"),
+])
+def test_spec_keys_of_imported_sets(tmp_path, line, message):
+    from ddprobe.errors import SpecError
+    from ddprobe.spec import load_spec
+
+    spec_file = tmp_path / "s.toml"
+    spec_file.write_text(SPEC.format(path="x.pt", extra=line, data=""))
+    with pytest.raises(SpecError, match=message):
+        load_spec(spec_file)

@@ -50,7 +50,7 @@ def describe(path: Path, importer: str | None = None, real: Any = None, name: st
         info["dataset"] = real.name
         info["study_space"] = study_kind(real)
         ds.classes = list(real.classes) if len(ds.classes) <= real.num_classes else ds.classes
-        check_compatible(ds, real, where=str(path))
+        check_compatible(ds, real, where=str(path), space=False)
         guess = guess_space(ds.images, real)
         info["looks_like"] = guess.looks_like
         info["distances"] = {k: round(v, 3) for k, v in guess.distances.items()}

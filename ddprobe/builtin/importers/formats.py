@@ -30,8 +30,9 @@ class CanonicalImporter:
         ds = load_distilled(path)
         ds.manifest.source_file = str(path)
         ds.manifest.importer = self.name
-        if ds.manifest.input_space is not None:  # its manifest says which space it is in
+        if ds.manifest.input_space is not None:  # its manifest says which space it is in, and was made in
             ds.manifest.file_space = "zca" if ds.manifest.input_space.zca else "normalized"
+            ds.manifest.distilled_space = ds.manifest.distilled_space or ds.manifest.file_space
         return ds
 
 
