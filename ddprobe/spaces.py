@@ -215,9 +215,12 @@ def adopt(ds: DistilledSet, real: RealData, name: str, declared: str = "study", 
         text = (f"distilled set {where} looks like {guess.looks_like}-space images, not {space} ({source}); "
                 f"{guess.describe()}")
         if guess.verdict == "refuse" and declared not in DECLARED and not known:
+            other = ("set zca = true in [data] (a ZCA-space set needs a ZCA study)"
+                     if guess.looks_like == "zca" and kind != "zca" else
+                     f"declare {_declare_hint(name, guess.looks_like)}")
             raise DataMismatchError(
                 f"{text}. If it really is in {space} space, declare {_declare_hint(name, space)}; if it holds "
-                f"{guess.looks_like} images, declare {_declare_hint(name, guess.looks_like)}")
+                f"{guess.looks_like} images, {other}")
         warnings.append(text + ("" if declared in DECLARED or known else
                                 f"; declare {_declare_hint(name, guess.looks_like)} if that is what it holds, "
                                 f"or {_declare_hint(name, space)} to silence this"))
@@ -241,6 +244,8 @@ def _why_known(ds: DistilledSet) -> str:
         return " (an mtt-distillation run made with --zca: images_zca_*.pt are in its folder)"
     if m.importer == "class-folders":
         return " (image files hold [0, 1] pixels)"
+    if m.importer == "ddprobe":
+        return " (its ddprobe manifest says so)"
     return ""
 
 

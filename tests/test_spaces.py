@@ -201,12 +201,12 @@ def test_check_compatible_still_refuses_a_wrong_shape_first(tmp_path, digits):
 @pytest.mark.parametrize("zca", [False, True])
 def test_builtin_distillers_outputs_are_accepted(tmp_path, zca):
     """Calibration: every built-in distiller's set on digits (specs/study.toml settings) is taken as what it is."""
+    from pathlib import Path
+
     from ddprobe.spec import load_spec
     from ddprobe.study import prepare
 
-    from .conftest import REPO
-
-    text = (REPO / "specs" / "study.toml").read_text().split("[[probe]]")[0]
+    text = (Path(__file__).resolve().parents[1] / "specs" / "study.toml").read_text().split("[[probe]]")[0]
     text = text.replace('dataset = "digits"', f'dataset = "digits"\nzca = {str(zca).lower()}')
     spec_file = tmp_path / "s.toml"
     spec_file.write_text(text)
@@ -255,3 +255,13 @@ def test_spec_keys_of_imported_sets(tmp_path, line, message):
     spec_file.write_text(SPEC.format(path="x.pt", extra=line, data=""))
     with pytest.raises(SpecError, match=message):
         load_spec(spec_file)
+
+
+def test_a_whitened_set_in_a_normalized_study_points_to_zca(digits, digits_zca):
+    from ddprobe.data import DistilledSet, Manifest
+    from ddprobe.spaces import adopt
+
+    x, y = real_subset(digits)
+    ds = DistilledSet(digits_zca.meta["whiten"](x), y, digits.classes, manifest=Manifest(name="w"))
+    with pytest.raises(DataMismatchError, match=r"looks like zca-space images.*set zca = true in \[data\]"):
+        adopt(ds, digits, "w")
