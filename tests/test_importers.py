@@ -251,6 +251,15 @@ def test_fifo_is_refused_without_blocking(tmp_path, where):
     assert isinstance(error, DDProbeError) and "named pipe (FIFO)" in str(error)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_canonical_json_naming_a_fifo_is_refused(tmp_path):
+    (tmp_path / "set.json").write_text("{}")
+    os.mkfifo(tmp_path / "set.safetensors")
+    blocked, error = _blocks(lambda: import_file(tmp_path / "set.json"))
+    assert not blocked
+    assert isinstance(error, DDProbeError) and "named pipe (FIFO)" in str(error)
+
+
 @pytest.mark.parametrize("keys", [("data", "label"), ("images", "labels")])
 def test_dict_pt(tmp_path, keys):
     images, labels = sample()

@@ -12,7 +12,7 @@ from typing import Any
 
 from ...errors import DDProbeError
 from .common import as_float, make_set
-from .safeload import load_pt
+from .safeload import load_pt, require_readable
 
 
 class CanonicalImporter:
@@ -27,6 +27,8 @@ class CanonicalImporter:
     def load(self, path: Path):
         from ...data import load_distilled
 
+        tensors = path if path.suffix == ".safetensors" else path.with_suffix(".safetensors")
+        require_readable(tensors, folder_ok=False)  # NAME.json names NAME.safetensors: never open a FIFO
         ds = load_distilled(path)
         ds.manifest.source_file = str(path)
         ds.manifest.importer = self.name
