@@ -265,3 +265,21 @@ def test_a_whitened_set_in_a_normalized_study_points_to_zca(digits, digits_zca):
     ds = DistilledSet(digits_zca.meta["whiten"](x), y, digits.classes, manifest=Manifest(name="w"))
     with pytest.raises(DataMismatchError, match=r"looks like zca-space images.*set zca = true in \[data\]"):
         adopt(ds, digits, "w")
+
+
+def test_ddprobe_run_on_a_dc_file_with_numpy_accuracies(tmp_path, digits, monkeypatch):
+    """The issue's case end to end: a res_DM file as main_DM.py saves it is run, not refused at exit 3."""
+    from typer.testing import CliRunner
+
+    from ddprobe.cli import app
+
+    x, y = real_subset(digits)
+    path = tmp_path / "res_DM_digits_ConvNet_2ipc.pt"
+    torch.save({"data": [[x, y]], "accs_all_exps": {"ConvNet": [np.float64(0.86), np.float64(0.88)]}}, path)
+    spec = tmp_path / "s.toml"
+    spec.write_text(SPEC.format(path=path.name, extra="", data="") + '[[probe]]\nkind = "pixels"\n')
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["run", str(spec), "-o", str(tmp_path / "out"), "-q"])
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "out" / "report.json").read_text()
+    assert '"s"' in report
