@@ -84,8 +84,8 @@ def _real_from(spec: Path | None, dataset: str | None, root: Path) -> tuple[Any,
 @app.command("inspect")
 def inspect_command(
     path: Path = typer.Argument(..., help="A distilled-set file or run folder"),
-    spec: Path | None = typer.Option(None, "--spec", "-s", help="Compare with this study's [data] (and use its "
-                                     "[distilled.NAME] input_space when a table names this path)"),
+    spec: Path | None = typer.Option(None, "--spec", "-s", help="Compare with this study's \\[data] (and use "
+                                     "the input_space of a \\[distilled.NAME] table whose path is this file)"),
     dataset: str | None = typer.Option(None, "--dataset", "-d", help="Compare with this dataset (default options)"),
     importer: str | None = typer.Option(None, "--importer", help="Force an importer instead of detecting it"),
     as_json: bool = typer.Option(False, "--json", help="Print what was read as JSON"),
