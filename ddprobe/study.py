@@ -174,7 +174,7 @@ def _probe_cache_key(ctx: StudyContext, spec: Spec, probe: ProbeSpec) -> str:
     parts = {
         "kind": probe.kind, "code": code_fingerprint(probe.plugin), "options": probe.options.model_dump(mode="json"),
         "seed": spec.study.seed,
-        "sets": {n: ds.manifest.sha256 for n, ds in ctx.distilled.items()},
+        "sets": {n: [ds.manifest.sha256, ds.manifest.learned_lr] for n, ds in ctx.distilled.items()},
         "models": {k: v.key() for k, v in ctx.models.items()}, "train": spec.train.key(),
         "pretrain": spec.pretrain.key(), "real": ctx.data_key, "ddprobe": __version__,
         "plugin": [owner, versions.get(owner)],
