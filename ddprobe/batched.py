@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     import torch
@@ -98,6 +98,89 @@ def train_many(ctx: Any, model_name: str, jobs: Sequence[TrainJob], recipe: Trai
         if task is not None:
             task.advance(len(group))
     return out
+
+
+class Collector(Protocol):
+    """What a bag trained through the executor keeps of each model, computed where the model was trained.
+
+    ``done(i, model)`` returns job ``i``'s (small, picklable) result; ``observe``, when ``observes`` is true, is the
+    :data:`Observer` of :func:`train_many`. One instance is shipped to each worker and serves all the jobs it trains:
+    keep any per-job state keyed by the job index and drop it in ``done``.
+    """
+
+    observes: bool
+
+    def observe(self, step: int, ids: list[int], logits_fn: Callable[[torch.Tensor], torch.Tensor]) -> None: ...
+
+    def done(self, i: int, model: torch.nn.Module) -> Any: ...
+
+
+def train_bag(ctx: Any, model_name: str, jobs: Sequence[TrainJob], recipe: TrainRecipe, collector: Collector,
+              on_result: Callable[[int, Any], None], *, every: int = 1, mode: Mode = "auto", chunk: int = 32,
+              task: Any = None) -> None:
+    """Train every job on ``ctx.executor``; ``on_result(i, collector.done(i, model))`` on the driver for each.
+
+    The driver chooses the mode and the stacks exactly as :func:`train_many` does; each stack (or, one by one, each
+    run of consecutive jobs) is one task, so every job trains with the same companions, seeds and arithmetic
+    whichever executor runs it, and the results equal the serial run's. Data is shipped once per worker.
+    """
+    jobs = list(jobs)
+    if not jobs:
+        return
+    ex = ctx.executor
+    observe = collector.observe if collector.observes else None
+    if len(jobs) < 2 or not ex.parallel(ctx.device):
+        train_many(ctx, model_name, jobs, recipe, observe=observe, every=every,
+                   on_done=lambda i, net: on_result(i, collector.done(i, net)), mode=mode, chunk=chunk, task=task)
+        return
+    chosen = choose_mode(ctx, model_name, jobs, recipe, mode, chunk)
+    if chosen == "batched":
+        groups = stacks(jobs, recipe, chunk)
+    else:
+        per = max(1, math.ceil(len(jobs) / (4 * ex.workers)))
+        groups = [list(range(s, min(s + per, len(jobs)))) for s in range(0, len(jobs), per)]
+    datas: list[LabeledData] = []
+    where: dict[int, int] = {}
+    for job in jobs:
+        if id(job.data) not in where:
+            where[id(job.data)] = len(datas)
+            datas.append(job.data)
+    shared = _Bag(ctx.task_context(), model_name, recipe, datas, collector, chosen, every)
+    items = [[(i, jobs[i].seed_name, where[id(jobs[i].data)], jobs[i].indices, jobs[i].learned_lr) for i in group]
+             for group in groups]
+
+    def arrived(g: int, results: list[Any]) -> None:
+        for i, res in zip(groups[g], results, strict=True):
+            on_result(i, res)
+        if task is not None:
+            task.advance(len(groups[g]))
+
+    ex.map(_train_group, items, shared=shared, on_result=arrived)
+
+
+@dataclass
+class _Bag:
+    """What every task of a :func:`train_bag` shares (shipped once per worker)."""
+
+    ctx: Any  # a TaskContext
+    model_name: str
+    recipe: TrainRecipe
+    datas: list[LabeledData]
+    collector: Collector
+    mode: str
+    every: int
+
+
+def _train_group(bag: _Bag, item: list[tuple]) -> list[Any]:
+    """A task of :func:`train_bag`: one stack of jobs trained together, or a few jobs one by one."""
+    ids = [i for i, *_ in item]
+    jobs = [TrainJob(name, bag.datas[d], rows, lr) for _, name, d, rows, lr in item]
+    observe = bag.collector.observe if bag.collector.observes else None
+    if bag.mode == "batched":
+        return _train_stacked(bag.ctx, bag.model_name, jobs, ids, bag.recipe, observe, bag.every,
+                              bag.collector.done)
+    return [_train_one(bag.ctx, bag.model_name, i, job, bag.recipe, observe, bag.every, bag.collector.done)
+            for i, job in zip(ids, jobs, strict=True)]
 
 
 def stacks(jobs: Sequence[TrainJob], recipe: TrainRecipe, chunk: int) -> list[list[int]]:

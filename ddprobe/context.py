@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from .data import DistilledSet, LabeledData, RealData
+    from .executor import Executor
 
 
 @dataclass
@@ -93,6 +94,40 @@ def resolve_device(device: str) -> str:
     return "cpu"
 
 
+_NOTHING: Any = object()
+
+
+@dataclass
+class TaskContext:
+    """The part of a study a task needs on a worker: build, seed and train its models. Picklable, without data.
+
+    :class:`StudyContext` builds and trains through it, so a task trains exactly as the driver would.
+    """
+
+    seed: int
+    models: dict[str, ModelSpec]
+    input_shape: tuple[int, ...]
+    num_classes: int
+    recipe: TrainRecipe
+    device: str = "cpu"
+
+    def rng(self, name: str) -> torch.Generator:
+        return torch_generator(self.seed, name)
+
+    def build_model(self, model: str | ModelSpec, seed_name: str) -> torch.nn.Module:
+        spec = self.models[model] if isinstance(model, str) else model
+        with seeded_init(self.seed, f"init:{seed_name}"):
+            net = spec.build(self.input_shape, self.num_classes)
+        return net.to(self.device)
+
+    def train(self, model: torch.nn.Module, data: LabeledData, recipe: TrainRecipe | None = None, *,
+              seed_name: str, callbacks: Sequence[Callback] = (), learned_lr: float | None = None) -> torch.nn.Module:
+        from .training import train
+
+        return train(model, data.to(self.device), recipe or self.recipe, generator=self.rng(f"train:{seed_name}"),
+                     callbacks=callbacks, learned_lr=learned_lr)
+
+
 @dataclass
 class _Base:
     seed: int
@@ -104,6 +139,25 @@ class _Base:
     progress: Progress = field(default_factory=lambda: Progress(enabled=False))
     data_key: dict[str, Any] = field(default_factory=dict)
     workers: int = 1
+    executor_kind: str = "processes"  # [study] executor
+    ray_options: Any = None  # [study.ray]
+
+    @property
+    def executor(self) -> Executor:
+        """Where bags of independent work run ([study] executor); see :mod:`ddprobe.executor`."""
+        from .executor import make_executor
+
+        key = (self.executor_kind, self.workers)
+        cached = self.__dict__.get("_executor")
+        if cached is None or cached[0] != key:
+            cached = (key, make_executor(self.executor_kind, self.workers, self.ray_options))
+            self.__dict__["_executor"] = cached
+        return cached[1]
+
+    def task_context(self) -> TaskContext:
+        """What a task on a worker needs to build, seed and train this study's models (picklable, no data)."""
+        return TaskContext(self.seed, self.models, tuple(self.real.input_shape), self.real.num_classes, self.recipe,
+                           self.device)
 
     def rng(self, name: str) -> torch.Generator:
         """A CPU torch generator seeded from the study seed and ``name``: results never depend on probe order."""
@@ -117,18 +171,13 @@ class _Base:
 
     def build_model(self, model: str | ModelSpec, seed_name: str) -> torch.nn.Module:
         """A fresh model of a named architecture, initialized from the seed stream ``seed_name``, on the device."""
-        spec = self.models[model] if isinstance(model, str) else model
-        with seeded_init(self.seed, f"init:{seed_name}"):
-            net = spec.build(self.real.input_shape, self.real.num_classes)
-        return net.to(self.device)
+        return self.task_context().build_model(model, seed_name)
 
     def train(self, model: torch.nn.Module, data: LabeledData, recipe: TrainRecipe | None = None, *,
               seed_name: str, callbacks: Sequence[Callback] = (), learned_lr: float | None = None) -> torch.nn.Module:
         """Train ``model`` in place; data order and augmentation draw from the stream ``seed_name``."""
-        from .training import train
-
-        return train(model, data.to(self.device), recipe or self.recipe, generator=self.rng(f"train:{seed_name}"),
-                     callbacks=callbacks, learned_lr=learned_lr)
+        return self.task_context().train(model, data, recipe, seed_name=seed_name, callbacks=callbacks,
+                                         learned_lr=learned_lr)
 
     def trained(self, model: str, data: LabeledData, recipe: TrainRecipe | None = None, *, seed_name: str,
                 learned_lr: float | None = None, data_id: Any = None) -> torch.nn.Module:
@@ -152,21 +201,27 @@ class _Base:
         """What determines a trained model: architecture, data, recipe, seeds and real data (the cache adds code)."""
         return model_cache_parts(self.models, self.seed, self.data_key, model, data_id, recipe, seed_name, learned_lr)
 
-    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], description: str = "") -> list[Any]:
+    def map(self, fn: Callable[..., Any], items: Iterable[Any], description: str = "", *,
+            shared: Any = _NOTHING) -> list[Any]:
         """Apply ``fn`` to each item (a pure function of its inputs), with progress; results in item order.
 
-        With ``[study] workers > 1`` on the CPU the items run in that many worker processes (one torch thread
-        each); ``fn`` must then be importable by name (a module-level function or a ``functools.partial`` of one).
+        ``fn(item)``, or ``fn(shared, item)`` when ``shared`` is given: a large input (data, an initial model) sent
+        to each worker once rather than with every item (``ctx.executor.share(obj)`` makes a handle to reuse it
+        across maps). The items run on ``[study] executor``: serially, in ``[study] workers`` local processes (CPU)
+        or as Ray tasks; ``fn`` must then be importable by name (a module-level function or a
+        ``functools.partial`` of one), its inputs and results picklable, and its results small.
         """
-        items = list(items)
-        with self.progress.task(description or getattr(fn, "__name__", "tasks"), total=len(items)) as task:
-            if self.workers > 1 and self.device == "cpu" and len(items) > 1:
-                from .executor import map_calls
+        from .executor import call_plain
 
-                return map_calls(fn, items, workers=self.workers, on_result=lambda i, r: task.advance())
+        items = list(items)
+        task_fn, payload = (call_plain, fn) if shared is _NOTHING else (fn, shared)
+        with self.progress.task(description or getattr(fn, "__name__", "tasks"), total=len(items)) as task:
+            ex = self.executor
+            if len(items) > 1 and ex.parallel(self.device):
+                return ex.map(task_fn, items, shared=payload, on_result=lambda i, r: task.advance())
             out = []
             for item in items:
-                out.append(fn(item))
+                out.append(task_fn(payload, item))
                 task.advance()
             return out
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .batched import Mode, TrainJob, train_many
+from .batched import Mode, TrainJob, train_bag
 
 if TYPE_CHECKING:
     import torch
@@ -56,18 +56,79 @@ def trained_models(ctx: Any, model: str, jobs: Sequence[TrainJob], recipe: Train
             missing.append(i)
     if missing:
         with ctx.progress.task(f"{description} ({model})", total=len(missing)) as task:
-            def done(j: int, net: torch.nn.Module) -> torch.nn.Module:
+            def done(j: int, state: dict[str, torch.Tensor]) -> None:
                 i = missing[j]
-                cache.save_tensors("models", keys[i], net.state_dict(),
+                cache.save_tensors("models", keys[i], state,
                                    model_parts(ctx, model, data_ids[i], recipe, jobs[i].seed_name,
                                                jobs[i].learned_lr))
-                return net
+                net = ctx.build_model(model, jobs[i].seed_name)
+                net.load_state_dict(state)
+                out[i] = net.eval()
 
-            nets = train_many(ctx, model, [jobs[i] for i in missing], recipe, on_done=done, mode=mode, chunk=chunk,
-                              task=task)
-        for i, net in zip(missing, nets, strict=True):
-            out[i] = net
+            train_bag(ctx, model, [jobs[i] for i in missing], recipe, StateCollector(), done, mode=mode, chunk=chunk,
+                      task=task)
     return out
+
+
+class StateCollector:
+    """Keeps a trained model's state dict (on the CPU)."""
+
+    observes = False
+
+    def done(self, i: int, net: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+
+
+class PredictCollector:
+    """Keeps a trained model's test-set predictions and accuracy (a subset-pool member)."""
+
+    observes = False
+
+    def __init__(self, test_x: torch.Tensor, test_y: torch.Tensor, num_classes: int) -> None:
+        self.test_x, self.test_y, self.num_classes = test_x, test_y, num_classes
+
+    def done(self, i: int, net: torch.nn.Module) -> dict[str, torch.Tensor]:
+        import torch
+
+        from .training import accuracy, predict
+
+        logits = predict(net, self.test_x)
+        return {"pred": logits.argmax(1).cpu().to(_pred_dtype(self.num_classes)),
+                "acc": torch.tensor([accuracy(logits, self.test_y)])}
+
+
+class EarlyCollector:
+    """Keeps an early-stopped run's test predictions and accuracy after every step."""
+
+    observes = True
+
+    def __init__(self, steps: int, test_x: torch.Tensor, test_y: torch.Tensor, num_classes: int) -> None:
+        self.steps, self.test_x, self.test_y, self.num_classes = steps, test_x, test_y, num_classes
+        self.preds: dict[int, torch.Tensor] = {}
+        self.accs: dict[int, torch.Tensor] = {}
+
+    def observe(self, step: int, ids: list[int], logits_fn) -> None:
+        import torch
+
+        if step == 0:
+            return
+        test_x, test_y = self.test_x, self.test_y
+        p = logits_fn(test_x).argmax(2)
+        correct = (p == test_y.to(p.device).unsqueeze(0)).float().mean(1).cpu()
+        for row, j in enumerate(ids):
+            if j not in self.preds:
+                self.preds[j] = torch.zeros(self.steps, len(test_y), dtype=_pred_dtype(self.num_classes))
+                self.accs[j] = torch.zeros(self.steps)
+            self.preds[j][step - 1] = p[row].cpu().to(self.preds[j].dtype)
+            self.accs[j][step - 1] = correct[row]
+
+    def done(self, j: int, net: torch.nn.Module) -> dict[str, torch.Tensor]:
+        import torch
+
+        if j not in self.preds:  # a run with no steps
+            return {"pred": torch.zeros(self.steps, len(self.test_y), dtype=_pred_dtype(self.num_classes)),
+                    "acc": torch.zeros(self.steps)}
+        return {"pred": self.preds.pop(j), "acc": self.accs.pop(j)}
 
 
 def distilled_jobs(ctx, sets, seeds: int, recipe, model: str):
@@ -186,7 +247,6 @@ def subset_members(ctx: Any, model: str, members: Sequence[SubsetMember], recipe
     together and stored member by member."""
     import torch
 
-    from .training import accuracy
 
     cache, test = ctx.cache, ctx.real.test
     found: dict[int, dict] = {}
@@ -205,23 +265,18 @@ def subset_members(ctx: Any, model: str, members: Sequence[SubsetMember], recipe
             frac, rows = members[m].rows()
             fracs[m] = frac
             jobs.append(TrainJob(members[m].seed_name, ctx.real.train, rows))
-        test_x, test_y = test.images.to(ctx.device), test.labels
+        collector = PredictCollector(test.images.to(ctx.device), test.labels, test.num_classes)
 
-        def done(j: int, net: torch.nn.Module) -> None:
-            from .training import predict
-
+        def done(j: int, got: dict[str, torch.Tensor]) -> None:
             m = missing[j]
-            logits = predict(net, test_x)
-            entry = {"pred": logits.argmax(1).cpu().to(_pred_dtype(test.num_classes)),
-                     "acc": torch.tensor([accuracy(logits, test_y)]), "fraction": torch.tensor([fracs[m]]),
-                     "size": torch.tensor([jobs[j].size])}
+            entry = {**got, "fraction": torch.tensor([fracs[m]]), "size": torch.tensor([jobs[j].size])}
             parts = members[m].parts
             cache.save_tensors("pool-members", cache.key("pool-members", parts), entry, parts)
             found[m] = entry
 
         with ctx.progress.task(description, total=len(members)) as task:
             task.advance(len(members) - len(missing))
-            train_many(ctx, model, jobs, recipe, on_done=done, mode=mode, chunk=chunk, task=task)
+            train_bag(ctx, model, jobs, recipe, collector, done, mode=mode, chunk=chunk, task=task)
     entries = [found[m] for m in range(len(members))]
     if not entries:
         return SubsetPool(torch.zeros(0, len(test), dtype=torch.long), torch.zeros(0), torch.zeros(0),
@@ -240,23 +295,10 @@ def early_pool(ctx: Any, model: str, runs: int, recipe: TrainRecipe, *, mode: Mo
     found, missing = _cached_members(ctx, "early", model, recipe, runs, {})
     if missing:
         steps = recipe.total_steps(len(ctx.real.train))
-        preds = {m: torch.zeros(steps, len(test), dtype=_pred_dtype(test.num_classes)) for m in missing}
-        accs = {m: torch.zeros(steps) for m in missing}
-        test_x, test_y = test.images.to(ctx.device), test.labels.to(ctx.device)
+        collector = EarlyCollector(steps, test.images.to(ctx.device), test.labels.to(ctx.device), test.num_classes)
 
-        def observe(step: int, ids: list[int], logits_fn) -> None:
-            if step == 0:
-                return
-            p = logits_fn(test_x).argmax(2)
-            correct = (p == test_y.unsqueeze(0)).float().mean(1).cpu()
-            for row, j in enumerate(ids):
-                m = missing[j]
-                preds[m][step - 1] = p[row].cpu().to(preds[m].dtype)
-                accs[m][step - 1] = correct[row]
-
-        def done(j: int, net: torch.nn.Module) -> None:
+        def done(j: int, entry: dict[str, torch.Tensor]) -> None:
             m = missing[j]
-            entry = {"pred": preds.pop(m), "acc": accs.pop(m)}
             parts = _member_parts(ctx, "early", model, recipe, m, {})
             cache.save_tensors("pool-members", cache.key("pool-members", parts), entry, parts)
             found[m] = entry
@@ -264,7 +306,7 @@ def early_pool(ctx: Any, model: str, runs: int, recipe: TrainRecipe, *, mode: Mo
         jobs = [TrainJob(f"pool:early:{m}", ctx.real.train) for m in missing]
         with ctx.progress.task(f"agreement early-stopped pool ({model})", total=runs) as task:
             task.advance(runs - len(missing))
-            train_many(ctx, model, jobs, recipe, observe=observe, on_done=done, mode=mode, chunk=chunk, task=task)
+            train_bag(ctx, model, jobs, recipe, collector, done, mode=mode, chunk=chunk, task=task)
     members = [found[m] for m in range(runs)]
     # kept in their stored dtype (uint8 for up to 256 classes): at the paper's scale 30 x 196 x 10,000 predictions
     return EarlyPool(torch.stack([e["pred"] for e in members]), torch.stack([e["acc"] for e in members]),

@@ -22,6 +22,21 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+class RaySection(BaseModel):
+    """``[study.ray]``: docs/scaling.md."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = Field(None, description="'auto' or 'ray://host:10001' joins a cluster; absent: a local "
+                                                  "instance")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per task (also its torch threads)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per task (1: one training per GPU)")
+    max_retries: int = Field(3, ge=0, description="retries of a task whose worker died or that raised")
+    retry_exceptions: bool = Field(True, description="also retry tasks that raised an exception")
+    local_cpus: int | None = Field(None, ge=1, description="CPUs of a local instance (default: workers if > 1, "
+                                                           "else all)")
+
+
 class StudySection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -33,6 +48,10 @@ class StudySection(BaseModel):
     cache_dir: str | None = Field(None, description="artifact cache (default $DDPROBE_CACHE_DIR or ~/.cache/ddprobe)")
     workers: int = Field(1, ge=1, description="worker processes (CPU) for independent units of work: retrainings, "
                                               "Hessian checkpoints")
+    executor: Literal["serial", "processes", "ray"] = Field(
+        "processes", description="where bags of independent work run: serial | processes ([study] workers local "
+                                 "processes; serial when workers = 1) | ray (needs ddprobe[ray]; see [study.ray])")
+    ray: RaySection = Field(default_factory=lambda: RaySection(), description="Ray options (executor = 'ray')")
 
 
 class ReportSection(BaseModel):

@@ -78,7 +78,7 @@ def _distill_ctx(spec: Spec, real: RealData, cache: Cache, device: str, dkey: di
                  name: str) -> DistillContext:
     ckpt = cache.root / "distill-checkpoints"
     return DistillContext(spec.study.seed, real, spec.models, spec.train, cache, device, progress, dkey,
-                          spec.study.workers, name=name, checkpoint_dir=ckpt)
+                          spec.study.workers, spec.study.executor, spec.study.ray, name=name, checkpoint_dir=ckpt)
 
 
 def distilled_cache_parts(spec: Spec, dspec: DistilledSpec, dkey: dict) -> dict[str, Any]:
@@ -311,6 +311,10 @@ def prepare(spec: Spec, output_dir: Path, no_cache: bool = False, console: Any =
     device = resolve_device(spec.study.device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DDProbeError(f"study.device is {spec.study.device!r} but CUDA is not available; use 'auto' or 'cpu'")
+    if spec.study.executor == "ray":
+        from .executor.ray import import_ray
+
+        import_ray()  # a missing extra is a spec-level error (exit 2) before anything is computed
     cache = make_cache(spec, no_cache)
     if console is not None:
         from rich.markup import escape
@@ -356,7 +360,8 @@ def prepare(spec: Spec, output_dir: Path, no_cache: bool = False, console: Any =
         if cspec.name not in sets:
             add(cspec, control=True)
     ctx = StudyContext(spec.study.seed, real, spec.models, spec.train, cache, device, progress, dkey,
-                       spec.study.workers, distilled=sets, pretrain_recipe=spec.pretrain, output_dir=output_dir,
+                       spec.study.workers, spec.study.executor, spec.study.ray, distilled=sets,
+                       pretrain_recipe=spec.pretrain, output_dir=output_dir,
                        controls={c.name for c in controls})
     return Study(spec, ctx, output_dir, distilled=records, errors=errors)
 
@@ -393,13 +398,16 @@ def run_study(spec: Spec | str | Path, output_dir: str | Path | None = None, onl
     pm.hook.study_started(study=study)
     selected = [p for p in spec.probes if not only or p.id in only]
     overall = StudyProgress(len(selected), bar, console if progress and not live else None)
-    for n, probe in enumerate(selected):
-        with overall.probe(n, probe.id):
-            record = run_probe(study, probe, use_cache=not no_cache)
-        study.records.append(record)
-        if record.status != "ok":
-            _say(console, f"[red]probe {_plain(probe.id)} failed:[/red] {_plain(record.error or '')}")
-        pm.hook.probe_finished(study=study, probe=probe, result=record)
+    try:
+        for n, probe in enumerate(selected):
+            with overall.probe(n, probe.id):
+                record = run_probe(study, probe, use_cache=not no_cache)
+            study.records.append(record)
+            if record.status != "ok":
+                _say(console, f"[red]probe {_plain(probe.id)} failed:[/red] {_plain(record.error or '')}")
+            pm.hook.probe_finished(study=study, probe=probe, result=record)
+    finally:
+        study.context.executor.close()  # a local Ray instance this run started; nothing for the others
     results = StudyResults(
         name=spec.study.name, seed=spec.study.seed, spec_sha256=spec.sha256,
         spec_path=str(spec.path) if spec.path else None,

@@ -40,6 +40,8 @@ class Evaluate:
         import numpy as np
         import pandas as pd
 
+        from ..batched import TrainJob
+        from ..pools import trained_models
         from ..training import evaluate
 
         recipe = options.recipe.apply(ctx.recipe)
@@ -52,12 +54,12 @@ class Evaluate:
                 lr = ds.manifest.learned_lr
                 set_recipe = recipe.for_set(lr, fallback=ctx.recipe.lr if ctx.recipe.lr != "learned" else 0.01)
                 for model in models:
-                    accs = []
-                    for s in range(options.seeds):
-                        net = ctx.trained(model, ds, set_recipe, seed_name=f"evaluate:{set_name}:{model}:{s}",
-                                          learned_lr=lr)
-                        accs.append(evaluate(net, test))
-                        task.advance()
+                    # the seeds are one bag on [study] executor; trained one by one, as ctx.trained would
+                    jobs = [TrainJob(f"evaluate:{set_name}:{model}:{s}", ds, None, lr) for s in range(options.seeds)]
+                    nets = trained_models(ctx, model, jobs, set_recipe, [ds.manifest.sha256] * options.seeds,
+                                          mode="sequential", description=f"evaluate {set_name}")
+                    accs = [evaluate(net, test) for net in nets]
+                    task.advance(options.seeds)
                     rows.append({"set": set_name, "model": model, "mean": float(np.mean(accs)),
                                  "std": float(np.std(accs)), "seeds": len(accs),
                                  "lr": set_recipe.resolved_lr(lr), "control": set_name in ctx.controls})

@@ -240,7 +240,8 @@ class Hessian:
         identity = {"real": "real", **{n: ds.manifest.sha256 for n, ds in sets.items()}}
         measured: dict[tuple[int, int, str], dict] = {}  # (run, step, set) -> the measurement's tensors
         pending: list[tuple] = []  # (step, set, weights, generator name): measurements for the worker processes
-        parallel = ctx.workers > 1 and ctx.device == "cpu"
+        executor = ctx.executor
+        parallel = executor.parallel(ctx.device)
         shared: dict = {}
         hits_before = ctx.cache.hits[CACHE_KIND]
         current = {"run": 0, "base": cache_base(ctx, model_name, recipe, options)}
@@ -252,9 +253,9 @@ class Hessian:
         def flush() -> None:
             if not pending:
                 return
-            from ..executor import process_map
-
-            results = process_map(_measure_in_worker, pending, workers=ctx.workers, shared=shared)
+            if "handle" not in shared:
+                shared["handle"] = executor.share(dict(shared))  # shipped once, reused by every flush
+            results = executor.map(_measure_in_worker, pending, shared=shared["handle"])
             for (step, name, _, _), tensors in zip(pending, results, strict=True):
                 store(step, name, tensors)
             task.advance(len({step for step, *_ in pending}))
@@ -280,7 +281,7 @@ class Hessian:
                                                           eigen_budget))
             if weights is None:
                 task.advance()
-            if len({step for step, *_ in pending}) >= ctx.workers:
+            if len({step for step, *_ in pending}) >= executor.workers:
                 flush()
 
         start = time.perf_counter()

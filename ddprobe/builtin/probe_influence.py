@@ -152,7 +152,8 @@ class Influence:
 
         lr = ds.manifest.learned_lr
         recipe = recipe.for_set(lr)
-        workers = options.workers or getattr(ctx, "workers", 1)
+        executor = None if options.workers else getattr(ctx, "executor", None)  # [study] executor
+        workers = options.workers or (executor.workers if executor and executor.parallel(ctx.device) else 1)
         data = ds.to(ctx.device)
         test_x, test_y = test.images.to(ctx.device), test.labels.to(ctx.device)
         n = len(ds)
@@ -171,7 +172,7 @@ class Influence:
 
                 def compute(init=init, r=r, record=record) -> dict[str, torch.Tensor]:
                     res = inf.exact_loo(init, data.images, data.labels, test_x, test_y, recipe, learned_lr=lr,
-                                        strategy=options.strategy, workers=workers,
+                                        strategy=options.strategy, workers=workers, executor=executor,
                                         noise_generator=ctx.rng(f"influence:noise:{set_name}:{r}"),
                                         checkpoint_steps=record, advance=task.advance)
                     out = {**res.tensors(), "seconds": torch.tensor([res.seconds]),

@@ -31,6 +31,8 @@ def run(
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute everything instead of reusing the cache"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or report on the console, only the result"),
     open_report: bool = typer.Option(False, "--open", help="Open report.html in the web browser when done"),
+    executor: str | None = typer.Option(None, "--executor", metavar="NAME",
+                                        help="serial, processes or ray (same as --set study.executor=...)"),
 ) -> None:
     """Run a study: build the distilled sets, run every probe, write reports; exit 1 if an expectation fails."""
     from ..errors import DDProbeError, SpecError
@@ -42,6 +44,7 @@ def run(
     assignments = list(overrides or [])
     assignments += [f"study.seed={seed}"] if seed is not None else []
     assignments += [f"study.device={device!r}"] if device is not None else []
+    assignments += [f"study.executor={executor!r}"] if executor is not None else []
     try:
         parsed = load_spec(spec, overrides=assignments)
         results = run_study(parsed, output, only=only, no_cache=no_cache, console=None if quiet else console,

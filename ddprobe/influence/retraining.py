@@ -3,7 +3,7 @@
 * ``fit``: a lean full-batch SGD loop (no optimizer object, no callbacks unless asked, ``foreach`` updates) that
   reproduces ``training.train`` for full-batch SGD recipes; other recipes fall back to ``training.train``.
 * ``exact_loo``: retrain from one initialization without each example, plus the full set and a noise run (the full
-  set in another order), with three strategies: ``serial``, ``processes`` (``executor.process_map``) and ``vmap``
+  set in another order), with three strategies: ``serial``, ``processes`` (the study's executor) and ``vmap``
   (``torch.func`` over stacked parameters, the GPU lever).
 """
 
@@ -204,7 +204,7 @@ def exact_loo(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, test
               test_labels: torch.Tensor, recipe: TrainRecipe, *, learned_lr: float | None = None,
               strategy: Strategy = "auto", workers: int = 1, vmap_batch: int = 32,
               noise_generator: torch.Generator | None = None, checkpoint_steps: Sequence[int] = (),
-              advance: Callable[[int], None] | None = None) -> LOOResult:
+              advance: Callable[[int], None] | None = None, executor: Any = None) -> LOOResult:
     """Exact leave-one-out from the initialization ``model`` (left unchanged): ``n + 2`` trainings.
 
     Each run deep-copies ``model`` and trains on all examples but one, in their original order; one run trains on
@@ -224,13 +224,14 @@ def exact_loo(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, test
     if strategy == "processes":
         cpu = _Job(copy.deepcopy(model).cpu(), images.cpu(), labels.cpu(), test_images.cpu(), test_labels.cpu(),
                    recipe, learned_lr, ckpt)
-        from ..executor import process_map
+        from ..executor import ProcessExecutor
 
         runs = [(s, False) for s in (perm, *subsets)]
         chunk = max(1, math.ceil(len(runs) / (4 * workers)))
         chunks = [[(torch.arange(n), True)]] + [runs[i:i + chunk] for i in range(0, len(runs), chunk)]
-        outs = process_map(_retrain_many, chunks, workers=workers, shared=cpu,
-                           on_result=lambda i, r: tick(int(r[0].shape[0])))
+        # the study's executor (local processes or Ray tasks); local processes when called without one
+        outs = (executor or ProcessExecutor(workers)).map(_retrain_many, chunks, shared=cpu,
+                                                          on_result=lambda i, r: tick(int(r[0].shape[0])))
         losses = torch.cat([o[0] for o in outs])
         margins = torch.cat([o[1] for o in outs])
         extra = outs[0][2][0]
