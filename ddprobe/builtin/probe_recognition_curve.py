@@ -96,8 +96,7 @@ class RecognitionCurve:
         import pandas as pd
         import torch
 
-        from ..batched import TrainJob, train_many
-        from ..training import loss_fn
+        from ..batched import TrainJob, train_bag
 
         recipe = options.recipe.apply(ctx.pretrain_recipe).model_copy(
             update={"steps": options.steps, "epochs": None})
@@ -112,24 +111,15 @@ class RecognitionCurve:
                 acc = torch.full((options.seeds, len(sets) + 1, points), float("nan"))
                 loss = torch.full_like(acc, float("nan"))
                 step_of = torch.zeros(points, dtype=torch.long)
-                slot: dict[int, int] = {}
 
-                def observe(step: int, ids: list[int], logits_fn) -> None:
-                    p = slot.setdefault(step, len(slot))
-                    step_of[p] = step
-                    out = logits_fn(test_x)
-                    acc[ids, 0, p] = (out.argmax(2) == test_y).float().mean(1).cpu()
-                    loss[ids, 0, p] = torch.stack([loss_fn(o, test_y) for o in out]).cpu()
-                    for j, (x, y) in enumerate(set_data.values(), start=1):
-                        out = logits_fn(x)
-                        hard = y.argmax(1) if y.dim() == 2 else y
-                        acc[ids, j, p] = (out.argmax(2) == hard).float().mean(1).cpu()
-                        loss[ids, j, p] = torch.stack([loss_fn(o, y) for o in out]).cpu()
+                def done(i: int, run: dict[str, torch.Tensor]) -> None:
+                    n = run["step"].numel()
+                    acc[i, :, :n], loss[i, :, :n], step_of[:n] = run["accuracy"], run["loss"], run["step"]
 
                 jobs = [TrainJob(f"recognition_curve:{model}:{s}", ctx.real.train) for s in range(options.seeds)]
                 with ctx.progress.task(f"recognition curve ({model})", total=len(jobs)) as task:
-                    train_many(ctx, model, jobs, recipe, observe=observe, every=options.every,
-                               on_done=lambda i, net: None, mode=options.training, task=task)
+                    train_bag(ctx, model, jobs, recipe, CurveCollector([(test_x, test_y), *set_data.values()]),
+                              done, every=options.every, mode=options.training, task=task)
                 return {"accuracy": acc, "loss": loss, "step": step_of}
 
             parts = {"model": ctx.models[model].key(), "recipe": recipe.key(), "seeds": options.seeds,
@@ -235,6 +225,38 @@ class RecognitionCurve:
         caption = ("While a model trains on real data: its accuracy on the real test set and on each distilled "
                    "set's images (mean ± standard deviation over runs).")
         return save(fig, ctx.figure_path("recognition_curve"), caption)
+
+
+class CurveCollector:
+    """Each run's accuracy and loss on each series ((images, labels) pairs) at every observed step, in order."""
+
+    observes = True
+
+    def __init__(self, series: list) -> None:
+        self.series = series
+        self.seen: dict[int, list] = {}  # job -> [(step, accuracy [series], loss [series])]
+
+    def observe(self, step: int, ids: list[int], logits_fn) -> None:
+        import torch
+
+        from ..training import loss_fn
+
+        accs, losses = [], []
+        for x, y in self.series:
+            out = logits_fn(x)
+            hard = y.argmax(1) if y.dim() == 2 else y
+            accs.append((out.argmax(2) == hard).float().mean(1).cpu())
+            losses.append(torch.stack([loss_fn(o, y) for o in out]).cpu())
+        for row, i in enumerate(ids):
+            self.seen.setdefault(i, []).append((step, [a[row] for a in accs], [v[row] for v in losses]))
+
+    def done(self, i: int, net) -> dict:
+        import torch
+
+        seen = self.seen.pop(i, [])
+        return {"step": torch.tensor([s for s, _, _ in seen], dtype=torch.long),
+                "accuracy": torch.stack([torch.stack(a) for _, a, _ in seen], 1),
+                "loss": torch.stack([torch.stack(v) for _, _, v in seen], 1)}
 
 
 PROBES = (RecognitionCurve,)
