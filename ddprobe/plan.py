@@ -132,6 +132,29 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def seconds_with(self, workers: int, task_overhead: float = 0.0) -> float:
+        """The estimate with ``workers`` tasks at once: each item of ``count`` independent units (trainings,
+        checkpoints) as a bag spread over the workers, ``ceil(count / workers)`` units long, plus
+        ``task_overhead`` seconds per unit; single units stay serial. An upper bound on the speed-up: the
+        driver's own work, stacked (vmap) training of several units in one task, and data shipping are not
+        modelled."""
+        import math
+
+        total = 0.0
+        for entry in self.entries:
+            if entry.status != "to compute" or entry.seconds is None:
+                continue
+            if not entry.items:
+                total += entry.seconds
+            for item in entry.items:
+                if item.cached or item.shared or item.seconds is None:
+                    continue
+                count = max(1, item.count)
+                per_unit = item.seconds / count
+                rounds = math.ceil(count / max(1, workers)) if count > 1 else 1
+                total += rounds * per_unit + (task_overhead * rounds if count > 1 and workers > 1 else 0.0)
+        return total
+
 
 class Throughput:
     """Seconds per training step of each model, measured here on random inputs (a warm-up step, then 3)."""

@@ -234,3 +234,27 @@ def test_a_study_gives_the_same_report_metrics_serially_in_processes_and_on_ray(
     assert runs["processes"] == runs["serial"]
     assert runs["ray"] == runs["serial"]
     assert ray_local.is_initialized()
+
+
+def test_ci_runs_exactly_the_readme_test_command_with_the_ray_extra():
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    command = 'pip install -e ".[test,ray]" && pytest'
+    assert f"```bash\n{command}\n```" in readme
+    assert (root / ".ci" / "run").read_text().rstrip().splitlines()[-1] == command
+
+
+def test_plan_estimate_for_n_workers_spreads_each_bag_over_them():
+    from ddprobe.plan import Entry, Plan, PlanItem
+
+    bag = PlanItem("10 retrainings", count=10, seconds=10.0)
+    single = PlanItem("one pretraining", count=1, seconds=2.0)
+    cached = PlanItem("cached pool", count=50, seconds=50.0, cached=True)
+    plan = Plan("s", "cpu", "/c", [Entry("probe", "p", "k", "to compute", [bag, single, cached], seconds=12.0,
+                                         planned=True),
+                                   Entry("probe", "q", "k", "cached", [PlanItem("x", count=4, seconds=4.0)])],
+                {}, 12.0, [])
+    assert plan.seconds_with(1) == pytest.approx(12.0)
+    assert plan.seconds_with(4) == pytest.approx(3 * 1.0 + 2.0)  # ceil(10 / 4) rounds of one retraining
+    assert plan.seconds_with(4, task_overhead=0.1) == pytest.approx(3 * 1.1 + 2.0)
+    assert plan.seconds_with(100) == pytest.approx(1.0 + 2.0)

@@ -15,6 +15,9 @@ def plan_command(
     spec: Path = typer.Argument(..., help="Study spec (TOML)"),
     no_measure: bool = typer.Option(False, "--no-measure", help="Skip timing training steps (no estimate)"),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON"),
+    workers: int | None = typer.Option(None, "--workers", min=1,
+                                       help="Also estimate with N tasks at once (processes or Ray workers; "
+                                            "default: [study] workers)"),
 ) -> None:
     """Dry run: what a study would compute, what is cached, and an estimate of the time it takes here.
 
@@ -27,11 +30,14 @@ def plan_command(
     from ..spec import load_spec
 
     try:
-        plan = plan_study(load_spec(spec), measure=not no_measure)
+        parsed = load_spec(spec)
+        plan = plan_study(parsed, measure=not no_measure)
     except (SpecError, DDProbeError) as exc:
         raise fail(str(exc), 2) from None
+    n = workers or parsed.study.workers
     if as_json:
-        typer.echo(json.dumps(plan.to_dict(), indent=2, default=str))
+        typer.echo(json.dumps({**plan.to_dict(), "workers": n, "seconds_with_workers": plan.seconds_with(n)},
+                              indent=2, default=str))
         return
     from rich.console import Console
     from rich.markup import escape
@@ -60,3 +66,6 @@ def plan_command(
     if plan.unknown:
         line += f" + unknown for {', '.join(plan.unknown)}"
     console.print(line)
+    if n > 1 and plan.seconds > 0:
+        console.print(f"with {n} workers (bags of independent trainings spread over them; docs/scaling.md): "
+                      f"about {human_seconds(plan.seconds_with(n))}")
