@@ -20,8 +20,8 @@ from typing import Any
 from ..errors import DDProbeError
 from . import RayOptions, init_worker
 
-MISSING = ("executor = 'ray' needs Ray, an optional extra: pip install \"ddprobe[ray]\" "
-           "(or choose executor = 'processes' or 'serial')")
+MISSING = ("study.executor = 'ray' needs Ray, the optional extra ddprobe[ray]: pip install \"ddprobe[ray]\" "
+           "(from a clone: pip install -e \".[ray]\"), or choose executor = 'processes' or 'serial'")
 
 _STARTED_LOCAL = False  # this process started the Ray instance it uses (so close() shuts it down)
 _WORKER_SHARED: OrderedDict[str, Any] = OrderedDict()  # in a Ray worker: shared payloads by object id
