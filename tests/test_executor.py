@@ -61,6 +61,19 @@ backends = ["tracin"]
 [[probe]]
 kind = "mapped"
 
+[[probe]]
+kind = "evaluate"
+seeds = 3
+
+[[probe]]
+kind = "hessian"
+recipe = {{ steps = 4 }}
+checkpoints = 2
+real_subsample = 100
+budget = 24
+rtol = 0.5
+top_k = 2
+
 [report]
 formats = ["json"]
 """
@@ -201,6 +214,22 @@ def _fail_once(marker_dir: str, item: int) -> int:
     return 2 * item
 
 
+def _die_once(marker_dir: str, item: int) -> int:
+    """Kills its worker process the first time it runs for ``item``, then returns ``2 * item``."""
+    import os
+
+    marker = Path(marker_dir) / f"died-{item}"
+    if not marker.exists():
+        marker.write_text("1")
+        os._exit(1)
+    return 2 * item
+
+
+def test_ray_retries_a_task_whose_worker_died(ray_local, tmp_path):
+    ex = make_executor("ray", 2, RayOptions(max_retries=1, retry_exceptions=False))
+    assert ex.map(_die_once, [4], shared=str(tmp_path)) == [8]
+
+
 def test_ray_retries_a_task_that_raises_once(ray_local, tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -222,7 +251,8 @@ def test_ray_ships_shared_once_and_workers_use_one_thread(ray_local):
 
 
 def test_a_study_gives_the_same_report_metrics_serially_in_processes_and_on_ray(ray_local, tmp_path):
-    """Agreement pools (stacked), leave-one-out retrainings and a third-party probe's ctx.map on three executors."""
+    """Agreement pools (stacked), leave-one-out retrainings, evaluate seeds, Hessian checkpoints and a third-party
+    probe's ctx.map on three executors."""
     torch.set_num_threads(1)  # as in every worker, so that reductions add in the same order
     runs = {}
     for executor in ("serial", "processes", "ray"):
@@ -230,7 +260,7 @@ def test_a_study_gives_the_same_report_metrics_serially_in_processes_and_on_ray(
         results = run_study(_spec(tmp_path, executor), out)
         assert not results.errors, results.errors
         runs[executor] = _metrics(out)
-    assert set(runs["serial"]) == {"agreement", "influence", "mapped"}
+    assert set(runs["serial"]) == {"agreement", "influence", "mapped", "evaluate", "hessian"}
     assert runs["processes"] == runs["serial"]
     assert runs["ray"] == runs["serial"]
     assert ray_local.is_initialized()
