@@ -153,6 +153,22 @@ def test_serial_and_process_executors_map_in_item_order_with_one_thread_per_work
         make_executor("dask", 2)
 
 
+def _fails_on_zero(shared, item):
+    if item == 0:
+        raise ValueError("item 0 is bad")
+    return item
+
+
+def test_a_failing_task_in_the_process_pool_raises_its_error_and_leaves_no_worker_behind():
+    import multiprocessing
+
+    with pytest.raises(ValueError, match="item 0 is bad"):
+        ProcessExecutor(2).map(_fails_on_zero, range(6))
+    for child in multiprocessing.active_children():
+        child.join(timeout=10)
+    assert multiprocessing.active_children() == []
+
+
 def test_ctx_map_runs_plain_and_shared_functions_on_the_study_executor(make_ctx):
     import functools
 
