@@ -203,4 +203,4 @@ def test_every_builtin_in_the_default_study_plans_its_work():
     assert plan.unknown == []
     assert 5 < plan.seconds < 3600  # minutes, not hours: the default study is a quick one
     influence = next(e for e in plan.entries if e.kind == "influence")
-    assert influence.items[0].count == 2 * (10 + 2)  # 2 inits x (10 leave-one-out + full + noise floor)
+    assert influence.items[0].count == 3 * (10 + 2)  # 3 inits x (10 leave-one-out + full + noise floor)
