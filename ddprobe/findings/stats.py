@@ -19,16 +19,18 @@ def _clean(values: Sequence[float]) -> np.ndarray:
     return arr[np.isfinite(arr)]
 
 
+def _mean(values: Sequence[float]) -> tuple[np.ndarray, float, int]:
+    """The finite values, their mean (NaN when there are none) and their number."""
+    arr = _clean(values)
+    return arr, float(arr.mean()) if arr.size else math.nan, int(arr.size)
+
+
 def mean_ci(values: Sequence[float], level: float = LEVEL) -> tuple[float, tuple[float, float] | None, int]:
     """Mean of independent runs and its two-sided Student-t interval: ``(mean, (lo, hi) or None, n)``.
 
     With one value there is no interval (None); identical values give a zero-width interval.
     """
-    arr = _clean(values)
-    n = int(arr.size)
-    if n == 0:
-        return math.nan, None, 0
-    mean = float(arr.mean())
+    arr, mean, n = _mean(values)
     if n < 2:
         return mean, None, n
     from scipy import stats
@@ -40,11 +42,7 @@ def mean_ci(values: Sequence[float], level: float = LEVEL) -> tuple[float, tuple
 def bootstrap_ci(values: Sequence[float], level: float = LEVEL, resamples: int = 4000,
                  seed: int = 0) -> tuple[float, tuple[float, float] | None, int]:
     """Mean and percentile-bootstrap interval (for many units whose distribution is far from normal)."""
-    arr = _clean(values)
-    n = int(arr.size)
-    if n == 0:
-        return math.nan, None, 0
-    mean = float(arr.mean())
+    arr, mean, n = _mean(values)
     if n < 2:
         return mean, None, n
     import numpy as np
