@@ -248,10 +248,17 @@ class StudyContext(_Base):
                             data_id={"real-train": self.data_key})
 
     def figure_path(self, name: str) -> Path:
-        """Where a probe should save figure ``name`` (PNG); the directory exists."""
+        """Where a probe should save figure ``name`` (PNG); the directory exists.
+
+        The file lies in ``<output>/figures/`` whatever ``name`` holds (a class name such as ``T-shirt/top``):
+        characters that are not plain file-name characters become ``_``.
+        """
+        from .names import file_part
+
         d = self.output_dir / "figures"
         d.mkdir(parents=True, exist_ok=True)
-        return d / f"{self.probe_id}-{name}.png" if self.probe_id else d / f"{name}.png"
+        stem = f"{self.probe_id}-{name}" if self.probe_id else str(name)
+        return d / f"{file_part(stem)}.png"
 
     def select_models(self, names: list[str] | None) -> list[str]:
         """The probe's ``models`` option resolved: all study models when it is empty."""

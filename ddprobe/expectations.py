@@ -53,7 +53,7 @@ class Expectation:
         if m:
             return cls(metric, m.group(1), float(m.group(2)))
         m = _COMPARISON.match(str(text))
-        if m and not _is_glob(metric):
+        if m and not is_glob(metric):
             sign = -1.0 if m.group(3) == "-" else 1.0
             return cls(metric, m.group(1), sign * float(m.group(4) or 0.0), other=m.group(2))
         raise ValueError(
@@ -103,7 +103,7 @@ class Expectation:
 
         if self.is_finding:
             return [self._check_finding(findings or [])]
-        keys = [k for k in metrics if fnmatch.fnmatchcase(k, self.metric)] if _is_glob(self.metric) else (
+        keys = [k for k in metrics if fnmatch.fnmatchcase(k, self.metric)] if is_glob(self.metric) else (
             [self.metric] if self.metric in metrics else [])
         if not keys:
             return [Check(self.metric, self.op, self.threshold, None, False,
@@ -128,5 +128,6 @@ class Expectation:
         return Check(self.metric, self.op, self.threshold, match.verdict, passed, match.reason or "")
 
 
-def _is_glob(text: str) -> bool:
+def is_glob(text: str) -> bool:
+    """Whether a metric key is an ``fnmatch`` pattern."""
     return any(ch in text for ch in "*?[")

@@ -106,6 +106,16 @@ def load_plugin_file(path: str | Path) -> object:
     return module
 
 
+def unload_plugin_file(path: str | Path) -> None:
+    """Unregister a plugin loaded by :func:`load_plugin_file` (one that was refused, e.g. for a name clash)."""
+    name = f"file:{Path(path).resolve()}"
+    if pm.get_plugin(name) is not None:
+        pm.unregister(name=name)
+    from . import registry
+
+    registry.invalidate()
+
+
 def get_plugins(include_builtin: bool = False) -> list[dict]:
     """Describe loaded plugins: name, hooks implemented, and distribution version where known."""
     load_plugins()

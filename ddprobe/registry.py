@@ -84,6 +84,12 @@ def _collect(kind: str) -> dict[str, Any]:
     return found
 
 
+def check_all() -> None:
+    """Collect every kind once; raises :class:`PluginError` when a plugin registered something invalid or taken."""
+    for kind in KINDS:
+        _collect(kind)
+
+
 def get_all(kind: str) -> dict[str, Any]:
     """Every registered object of a kind, by name."""
     return dict(_collect(kind))

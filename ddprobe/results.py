@@ -30,6 +30,54 @@ class ProbeResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def result_problems(result: Any) -> list[str]:
+    """What is wrong with what a probe's ``run()`` returned (empty when it is a well-formed ProbeResult).
+
+    The study turns any problem into that probe's failure, so reporters only ever see numbers for metrics,
+    DataFrame-like tables under plain names, paths for figures and a string summary.
+    """
+    import numbers
+
+    from .names import name_problem
+
+    if not isinstance(result, ProbeResult):
+        return [f"run() returned {type(result).__name__}, not a ProbeResult"]
+    problems: list[str] = []
+    if not isinstance(result.metrics, dict):
+        return [f"metrics is a {type(result.metrics).__name__}, not a dict of metric name -> number"]
+    for key, value in result.metrics.items():
+        if not isinstance(key, str) or not key:
+            problems.append(f"metric key {key!r} is not a non-empty string")
+        elif isinstance(value, bool) or not isinstance(value, numbers.Real):
+            problems.append(f"metric {key!r} is {type(value).__name__} {_short(value)}, not a number "
+                            f"(return float(x); float('nan') for a value that could not be computed)")
+    if not isinstance(result.tables, dict):
+        problems.append(f"tables is a {type(result.tables).__name__}, not a dict of name -> DataFrame")
+    else:
+        for name, table in result.tables.items():
+            problem = name_problem(name)
+            if problem is not None:
+                problems.append(f"table name {name!r} {problem}")
+            if not callable(getattr(table, "to_csv", None)):
+                problems.append(f"table {name!r} is a {type(table).__name__}, not a pandas DataFrame")
+    if not isinstance(result.figures, dict):
+        problems.append(f"figures is a {type(result.figures).__name__}, not a dict of name -> file path")
+    else:
+        for name, path in result.figures.items():
+            if not isinstance(name, str) or not isinstance(path, (str, Path)):
+                problems.append(f"figure {name!r} -> {_short(path)} is not a name -> file path")
+    if not isinstance(result.summary, str):
+        problems.append(f"summary is a {type(result.summary).__name__}, not a string")
+    if not isinstance(result.info, dict):
+        problems.append(f"info is a {type(result.info).__name__}, not a dict")
+    return problems
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 @dataclass
 class Check:
     """One expectation evaluated against one metric."""
@@ -100,6 +148,7 @@ class StudyResults:
     output_dir: Path
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. a plugin's lifecycle hook that raised (no exit code)
 
     @property
     def findings(self) -> list[Finding]:

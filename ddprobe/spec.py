@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import registry
 from .context import ModelSpec
 from .errors import SpecError, suggest
 from .expectations import Expectation
+from .names import name_problem
 from .training import TrainRecipe
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+
+CONTROL = re.compile(r"random_ipc[1-9]\d*")  # the random-real controls a study adds (study.control_specs)
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 class RaySection(BaseModel):
@@ -39,6 +45,21 @@ class RaySection(BaseModel):
 
 class StudySection(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        problem = name_problem(v)
+        if problem is not None:  # the name is a folder: runs/<name>/
+            raise ValueError(f"study name {problem}")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if not DEVICE.fullmatch(v):
+            raise ValueError("valid devices: auto, cpu, cuda, cuda:N (N a GPU index), mps")
+        return v
 
     name: str = Field("study", description="names the output folder runs/<name>/")
     seed: int = Field(0, description="every random draw derives from this seed and a stream name")
@@ -97,6 +118,7 @@ class ProbeSpec:
     plugin: Any
     options: BaseModel
     expect: list[Expectation] = field(default_factory=list)
+    where: str = ""  # its key path in the spec, e.g. probe[2]
 
 
 @dataclass
@@ -130,12 +152,13 @@ _UNION_TAGS = {"float", "int", "str", "bool", "list", "dict", "none", "function-
 
 def _is_union_tag(part: object) -> bool:
     """pydantic adds the union member (``float``, ``literal['learned']``) to an error's location."""
-    return isinstance(part, str) and (part in _UNION_TAGS or "[" in part)
+    return isinstance(part, str) and (part in _UNION_TAGS or "[" in part or part.startswith("constrained-"))
 
 
 def _pydantic_problems(prefix: str, exc: ValidationError, model: type[BaseModel] | None) -> list[str]:
     valid = list(model.model_fields) if model is not None else []
     merged: dict[str, list[str]] = {}
+    inputs: dict[str, str] = {}
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
         where = _loc(prefix, loc)
@@ -146,10 +169,13 @@ def _pydantic_problems(prefix: str, exc: ValidationError, model: type[BaseModel]
             text = "required key is missing"
         else:
             got = err.get("input")
-            got_text = f" (got {got!r})" if not isinstance(got, dict) and got is not None else ""
-            text = err["msg"].removeprefix("Value error, ") + got_text
+            if not isinstance(got, dict) and got is not None:
+                shown = repr(got)
+                inputs[where] = f" (got {shown[:80]}{'...' if len(shown) > 80 else ''})"
+            text = err["msg"].removeprefix("Value error, ")
         merged.setdefault(where, []).append(text)
-    return [f"{where}: " + " or ".join(dict.fromkeys(texts)) for where, texts in merged.items()]
+    return [f"{where}: " + " or ".join(dict.fromkeys(texts)) + inputs.get(where, "")
+            for where, texts in merged.items()]
 
 
 def _validate(model: type[BaseModel], data: Any, prefix: str, problems: list[str]) -> BaseModel | None:
@@ -164,26 +190,70 @@ def _validate(model: type[BaseModel], data: Any, prefix: str, problems: list[str
 
 
 def _lookup(kind: str, name: Any, where: str, problems: list[str]) -> Any:
-    if not isinstance(name, str):
-        problems.append(f"{where}: must be a string naming a {kind}")
-        return None
+    from .errors import PluginError
+
     try:
-        return registry.get(kind, name)
-    except KeyError:
-        problems.append(f"{where}: unknown {kind} {name!r}; {suggest(name, registry.get_all(kind))}")
+        names = registry.get_all(kind)
+    except PluginError as exc:  # two installed plugins registered the same name: say so, do not crash
+        problems.append(f"{where}: {exc}")
         return None
+    if not isinstance(name, str):
+        problems.append(f"{where}: must be a string naming a {kind} (got {type(name).__name__}); "
+                        f"{suggest('', names)}")
+        return None
+    if name not in names:
+        problems.append(f"{where}: unknown {kind} {name!r}; {suggest(name, names)}")
+        return None
+    return names[name]
+
+
+MAX_DEPTH = 24  # tables and arrays nested deeper than this are refused (no spec needs more than a few levels)
+MAX_BYTES = 4 * 1024 * 1024
 
 
 def read_toml(path: str | Path) -> tuple[dict[str, Any], bytes]:
+    """Read a TOML spec; anything but a readable UTF-8 TOML file is a :class:`SpecError` naming it."""
     path = Path(path)
+    file = str(path)
     try:
+        if not path.exists():
+            raise SpecError(f"spec file {path} does not exist")
+        if path.is_dir():
+            raise SpecError("is a directory; give the spec's .toml file", file=file)
+        if not path.is_file():
+            raise SpecError("is not a regular file (a FIFO, device or socket); give the spec's .toml file", file=file)
+        if path.stat().st_size > MAX_BYTES:
+            raise SpecError(f"is larger than {MAX_BYTES // 2**20} MiB; a study spec is a small TOML file", file=file)
         raw_bytes = path.read_bytes()
-    except FileNotFoundError:
-        raise SpecError(f"spec file {path} does not exist") from None
+    except OSError as exc:
+        raise SpecError(f"cannot be read: {exc.strerror or exc}", file=file) from None
     try:
-        return tomllib.loads(raw_bytes.decode()), raw_bytes
+        text = raw_bytes.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"is not UTF-8 text (byte {raw_bytes[exc.start]:#04x} at offset {exc.start}); TOML files "
+                        f"must be UTF-8: save it with that encoding", file=file) from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"not valid TOML: {exc}", file=str(path)) from None
+        raise SpecError(f"not valid TOML: {exc}", file=file) from None
+    except RecursionError:
+        raise SpecError(f"not valid TOML: arrays or tables nested too deeply (at most {MAX_DEPTH} levels)",
+                        file=file) from None
+    return raw, raw_bytes
+
+
+def _too_deep(value: Any, where: str = "", depth: int = 0) -> str | None:
+    """The key path where ``value`` nests deeper than :data:`MAX_DEPTH`, or ``None`` (iterative: no recursion)."""
+    stack = [(value, where, depth)]
+    while stack:
+        item, loc, d = stack.pop()
+        if d > MAX_DEPTH:
+            return loc or "(top level)"
+        if isinstance(item, dict):
+            stack.extend((v, f"{loc}.{k}" if loc else str(k), d + 1) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, f"{loc}[{i}]", d + 1) for i, v in enumerate(item))
+    return None
 
 
 def load_spec(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Spec:
@@ -213,9 +283,14 @@ def load_spec(source: str | Path | dict[str, Any], overrides: list[str] | None =
 
 
 def parse_spec(raw: dict[str, Any], path: Path | None = None, raw_bytes: bytes | None = None) -> Spec:
-    from . import plugins as plugin_core
-
+    """Validate a parsed spec; raises :class:`SpecError` listing every problem found (never another exception
+    for any TOML-shaped input: tests/test_spec_fuzz.py holds it to that)."""
     file = str(path) if path else None
+    if not isinstance(raw, dict):
+        raise SpecError(f"a spec is a table of sections, got {type(raw).__name__}", file=file)
+    deep = _too_deep(raw)
+    if deep is not None:
+        raise SpecError(f"{deep}: nested more than {MAX_DEPTH} levels deep; no spec key needs that", file=file)
     problems: list[str] = []
     base = path.parent if path else Path.cwd()
     sha = hashlib.sha256(raw_bytes if raw_bytes is not None else repr(raw).encode()).hexdigest()
@@ -225,19 +300,14 @@ def parse_spec(raw: dict[str, Any], path: Path | None = None, raw_bytes: bytes |
             problems.append(f"{key}: unknown section; {suggest(key, SECTIONS)}")
 
     study = _validate(StudySection, raw.get("study", {}), "study", problems) or StudySection()
-    for i, plugin_file in enumerate(study.plugins):
-        try:
-            plugin_core.load_plugin_file(base / plugin_file)
-        except FileNotFoundError:
-            problems.append(f"study.plugins[{i}]: plugin file {base / plugin_file} does not exist")
-        except Exception as exc:  # a broken local plugin is a spec problem, reported with its cause
-            problems.append(f"study.plugins[{i}]: plugin file {plugin_file} failed to load: {exc!r}")
+    _load_plugin_files(study.plugins, base, problems)
 
     # [data]
-    data_raw = dict(raw.get("data", {"dataset": "digits"}))
+    data_raw = raw.get("data", {"dataset": "digits"})
     if not isinstance(data_raw, dict):
-        problems.append("data: must be a table")
+        problems.append(f"data: must be a table such as [data] dataset = \"digits\" (got {type(data_raw).__name__})")
         data_raw = {"dataset": "digits"}
+    data_raw = dict(data_raw)
     ds_name = data_raw.pop("dataset", "digits")
     ds_plugin = _lookup("dataset", ds_name, "data.dataset", problems)
     data = None
@@ -250,14 +320,63 @@ def parse_spec(raw: dict[str, Any], path: Path | None = None, raw_bytes: bytes |
     pretrain = _validate(TrainRecipe, {**PRETRAIN_DEFAULTS, **pre_raw} if isinstance(pre_raw, dict) else pre_raw,
                          "pretrain", problems) or TrainRecipe(**PRETRAIN_DEFAULTS)
 
-    # [models]
+    models = _parse_models(raw.get("models", {"convnet": {"arch": "convnet"}}), base, problems)
+    distilled = _parse_distilled(raw.get("distilled", {}), base, models, problems)
+    probes = _parse_probes(raw.get("probe", []), models, distilled, problems)
+
+    report = _validate(ReportSection, raw.get("report", {}), "report", problems) or ReportSection()
+    for i, fmt in enumerate(report.formats):
+        _lookup("reporter", fmt, f"report.formats[{i}]", problems)
+
+    from .spec_checks import check_expectation_metrics
+
+    check_expectation_metrics(probes, distilled, models, study.control, problems)
+    if problems or data is None:
+        raise SpecError(list(dict.fromkeys(problems)) or ["data: invalid"], file=file)
+    return Spec(path, sha, study, data, train, pretrain, models, distilled, probes, report, raw)
+
+
+def _load_plugin_files(files: list[str], base: Path, problems: list[str]) -> None:
+    """Load ``[study] plugins``; a file that fails to import or registers a taken name is a spec problem."""
+    from . import plugins as plugin_core
+    from .errors import PluginError
+
+    for i, plugin_file in enumerate(files):
+        where = f"study.plugins[{i}]"
+        try:
+            plugin_core.load_plugin_file(base / plugin_file)
+        except FileNotFoundError:
+            problems.append(f"{where}: plugin file {base / plugin_file} does not exist")
+            continue
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a broken local plugin (even one calling sys.exit) is a spec problem
+            problems.append(f"{where}: plugin file {plugin_file} failed to load: {exc!r}")
+            continue
+        try:
+            registry.check_all()
+        except PluginError as exc:  # e.g. it registers a probe named like a built-in: refuse the file, keep going
+            plugin_core.unload_plugin_file(base / plugin_file)
+            problems.append(f"{where}: plugin file {plugin_file}: {exc}")
+
+
+def _name_ok(name: Any, where: str, what: str, problems: list[str]) -> bool:
+    problem = name_problem(name)
+    if problem is not None:
+        shown = f" {name!r}" if isinstance(name, str) else ""
+        problems.append(f"{where}: {what}{shown} {problem}")
+    return problem is None
+
+
+def _parse_models(models_raw: Any, base: Path, problems: list[str]) -> dict[str, ModelSpec]:
     models: dict[str, ModelSpec] = {}
-    models_raw = raw.get("models", {"convnet": {"arch": "convnet"}})
     if not isinstance(models_raw, dict):
         problems.append("models: must be a table of name = { arch = ..., ... }")
-        models_raw = {}
+        return models
     for name, table in models_raw.items():
         where = f"models.{name}"
+        if not _name_ok(name, where, "model name", problems):
+            continue
         if not isinstance(table, dict):
             problems.append(f"{where}: must be a table such as {{ arch = \"convnet\" }}")
             continue
@@ -273,17 +392,19 @@ def parse_spec(raw: dict[str, Any], path: Path | None = None, raw_bytes: bytes |
         opts = _validate(plugin.Options, table, where, problems)
         if opts is not None:
             models[name] = ModelSpec(name, arch, opts, plugin, weights)
+    return models
 
-    # [distilled.*]
+
+def _parse_distilled(dist_raw: Any, base: Path, models: dict[str, ModelSpec],
+                     problems: list[str]) -> dict[str, DistilledSpec]:
     distilled: dict[str, DistilledSpec] = {}
-    dist_raw = raw.get("distilled", {})
     if not isinstance(dist_raw, dict):
         problems.append("distilled: must be a table of [distilled.NAME] tables")
-        dist_raw = {}
+        return distilled
     for name, table in dist_raw.items():
         where = f"distilled.{name}"
-        if "/" in name:
-            problems.append(f"{where}: set names may not contain '/' (it separates metric keys)")
+        if not _name_ok(name, where, "set name", problems):
+            continue
         if not isinstance(table, dict):
             problems.append(f"{where}: must be a table with distiller = \"...\" or path = \"...\"")
             continue
@@ -298,7 +419,7 @@ def parse_spec(raw: dict[str, Any], path: Path | None = None, raw_bytes: bytes |
                             f"(got {input_space!r})")
             input_space = "study"
         if "path" in table:
-            file = table.pop("path")
+            set_file = table.pop("path")
             importer = table.pop("importer", None)
             if importer is not None:
                 _lookup("importer", importer, f"{where}.importer", problems)
@@ -311,7 +432,10 @@ def parse_spec(raw: dict[str, Any], path: Path | None = None, raw_bytes: bytes |
             for extra in table:
                 problems.append(f"{where}.{extra}: unknown key for an imported set; valid: path, importer, ipc, "
                                 f"input_space, learned_lr")
-            distilled[name] = DistilledSpec(name, ipc, path=(base / str(file)), importer=importer,
+            if not isinstance(set_file, str) or not set_file or "\x00" in set_file:
+                problems.append(f"{where}.path: must be a file or folder name (a non-empty string), got {set_file!r}")
+                continue
+            distilled[name] = DistilledSpec(name, ipc, path=(base / set_file), importer=importer,
                                             input_space=input_space,
                                             learned_lr=None if learned_lr is None else float(learned_lr))
             continue
@@ -331,15 +455,17 @@ def parse_spec(raw: dict[str, Any], path: Path | None = None, raw_bytes: bytes |
         if opts is not None:
             _check_references(opts, where, models, {}, problems)
             distilled[name] = DistilledSpec(name, ipc, dname, plugin, opts)
+    return distilled
 
-    # [[probe]]
+
+def _parse_probes(probe_raw: Any, models: dict[str, ModelSpec], distilled: dict[str, DistilledSpec],
+                  problems: list[str]) -> list[ProbeSpec]:
     probes: list[ProbeSpec] = []
-    probe_raw = raw.get("probe", [])
     if isinstance(probe_raw, dict):
         probe_raw = [probe_raw]
     if not isinstance(probe_raw, list):
         problems.append("probe: write each probe as a [[probe]] table")
-        probe_raw = []
+        return probes
     seen_ids: set[str] = set()
     for i, table in enumerate(probe_raw):
         where = f"probe[{i}]"
@@ -352,24 +478,21 @@ def parse_spec(raw: dict[str, Any], path: Path | None = None, raw_bytes: bytes |
             continue
         kind = table.pop("kind")
         plugin = _lookup("probe", kind, f"{where}.kind", problems)
-        pid = table.pop("id", None) or kind
-        if pid in seen_ids:
+        pid = table.pop("id", None)
+        if pid is not None:
+            if not _name_ok(pid, f"{where}.id", "probe id", problems):
+                pid = None
+        elif isinstance(kind, str):
+            pid = kind if _name_ok(kind, f"{where}.id", "probe id (the kind, as no id is set)", problems) else None
+        if isinstance(pid, str) and pid in seen_ids:
             n = 2
             while f"{pid}-{n}" in seen_ids:
                 n += 1
             pid = f"{pid}-{n}"
-        seen_ids.add(pid)
-        expect_raw = table.pop("expect", {})
-        expects: list[Expectation] = []
-        if not isinstance(expect_raw, dict):
-            problems.append(f"{where}.expect: must be a table such as {{ \"dm/convnet\" = \">= 0.8\" }}")
-        else:
-            for metric, text in expect_raw.items():
-                try:
-                    expects.append(Expectation.parse(metric, text))
-                except ValueError as exc:
-                    problems.append(f"{where}.expect.{metric}: {exc}")
-        if plugin is None:
+        if isinstance(pid, str):
+            seen_ids.add(pid)
+        expects = _parse_expect(table.pop("expect", {}), where, problems)
+        if plugin is None or not isinstance(pid, str):
             continue
         valid = [*PROBE_KEYS, *plugin.Options.model_fields]
         opts = _validate_plugin_options(plugin.Options, table, where, valid, problems)
@@ -377,15 +500,21 @@ def parse_spec(raw: dict[str, Any], path: Path | None = None, raw_bytes: bytes |
             continue
         _check_references(opts, where, models, distilled, problems)
         _check_finding_expectations(plugin, expects, where, distilled, problems)
-        probes.append(ProbeSpec(pid, kind, plugin, opts, expects))
+        probes.append(ProbeSpec(pid, kind, plugin, opts, expects, where=where))
+    return probes
 
-    report = _validate(ReportSection, raw.get("report", {}), "report", problems) or ReportSection()
-    for i, fmt in enumerate(report.formats):
-        _lookup("reporter", fmt, f"report.formats[{i}]", problems)
 
-    if problems or data is None:
-        raise SpecError(problems or ["data: invalid"], file=file)
-    return Spec(path, sha, study, data, train, pretrain, models, distilled, probes, report, raw)
+def _parse_expect(expect_raw: Any, where: str, problems: list[str]) -> list[Expectation]:
+    expects: list[Expectation] = []
+    if not isinstance(expect_raw, dict):
+        problems.append(f"{where}.expect: must be a table such as {{ \"dm/convnet\" = \">= 0.8\" }}")
+        return expects
+    for metric, text in expect_raw.items():
+        try:
+            expects.append(Expectation.parse(metric, text))
+        except ValueError as exc:
+            problems.append(f"{where}.expect.{metric}: {exc}")
+    return expects
 
 
 def _weights_path(value: Any, base_dir: Path, where: str, problems: list[str]) -> Path | None:
@@ -447,7 +576,7 @@ def _check_references(opts: BaseModel, where: str, models: dict, distilled: dict
     sets = getattr(opts, "sets", None)
     if isinstance(sets, list):
         for j, name in enumerate(sets):
-            if name not in distilled and not str(name).startswith("random_ipc"):
+            if name not in distilled and not CONTROL.fullmatch(str(name)):
                 problems.append(f"{where}.sets[{j}]: no distilled set {name!r}; {suggest(name, distilled)}")
 
 

@@ -6,6 +6,8 @@ import contextlib
 import json
 import platform
 import shutil
+import signal
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -17,9 +19,10 @@ from .cache import Cache
 from .context import DistillContext, StudyContext, resolve_device
 from .errors import DDProbeError
 from .guard import InputGuard, InputMutatedError
+from .names import file_part, inside
 from .plugins import get_plugins, load_plugins
 from .progress import Progress
-from .results import Check, DistilledRecord, ProbeRecord, ProbeResult, StudyResults
+from .results import Check, DistilledRecord, ProbeRecord, ProbeResult, StudyResults, result_problems
 
 if TYPE_CHECKING:
     from .data import DistilledSet, RealData
@@ -36,6 +39,8 @@ class Study:
     records: list[ProbeRecord] = field(default_factory=list)
     distilled: dict[str, DistilledRecord] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    console: Any = None
 
 
 def _plain(text: str) -> str:
@@ -190,7 +195,7 @@ def _store_probe(ctx: StudyContext, key: str, record: ProbeRecord) -> None:
         figures = {}
         for name, path in record.result.figures.items():
             if Path(path).exists():
-                shutil.copy(path, d / f"figure-{name}.png")
+                shutil.copy(path, d / f"figure-{file_part(name)}.png")
                 figures[name] = Path(path).name
         (d / "record.json").write_text(json.dumps({
             "metrics": record.result.metrics, "timings": record.result.timings, "summary": record.result.summary,
@@ -227,8 +232,8 @@ def _read_probe(d: Path) -> tuple[dict[str, Any], dict[str, Any], list]:
         except pd.errors.EmptyDataError:  # a table without columns is written as an empty file
             tables[name] = pd.DataFrame()
     for name in data["figures"]:
-        if not (d / f"figure-{name}.png").is_file():
-            raise FileNotFoundError(f"figure-{name}.png is missing")
+        if not (d / f"figure-{file_part(name)}.png").is_file():
+            raise FileNotFoundError(f"figure-{file_part(name)}.png is missing")
     from .findings import Finding
 
     findings = [Finding.from_json(f) for f in data.get("findings", [])]
@@ -245,21 +250,86 @@ def _load_probe(ctx: StudyContext, key: str, probe: ProbeSpec) -> ProbeRecord | 
     fig_dir = ctx.output_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     for name, filename in data["figures"].items():
-        target = fig_dir / Path(str(filename)).name
-        shutil.copy(d / f"figure-{name}.png", target)
+        target = inside(fig_dir, filename)
+        shutil.copy(d / f"figure-{file_part(name)}.png", target)
         figures[name] = target
     result = ProbeResult(data["metrics"], tables, figures, data["summary"], data["info"], findings,
                          timings=data.get("timings") or {})
     return ProbeRecord(probe.id, probe.kind, "ok", data["seconds"], result, cached=True)
 
 
+class _InterruptWatch:
+    """Tells the user's Ctrl-C from a ``KeyboardInterrupt`` that a plugin raised itself.
+
+    On the main thread it wraps the SIGINT handler for the duration of a probe: a real interrupt is recorded,
+    then handed to the handler that was there (by default Python's, which raises ``KeyboardInterrupt``).
+    Where no handler can be installed (another thread), a ``KeyboardInterrupt`` cannot come from the user.
+    """
+
+    def __init__(self) -> None:
+        self.signalled = False
+        self.main_thread = threading.current_thread() is threading.main_thread()
+        self.installed = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> Any:
+        self.signalled = True
+        previous = self._previous
+        if callable(previous):
+            return previous(signum, frame)
+        if previous == signal.SIG_IGN:
+            self.signalled = False
+            return None
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _InterruptWatch:
+        if self.main_thread:
+            try:
+                self._previous = signal.getsignal(signal.SIGINT)
+                signal.signal(signal.SIGINT, self._handle)
+                self.installed = True
+            except (ValueError, OSError, TypeError):
+                self.installed = False
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.installed:
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL)
+
+    def from_user(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is the user's interrupt (then it ends the study; anything else is the probe's failure)."""
+        if not isinstance(exc, KeyboardInterrupt):
+            return False
+        return self.signalled or (self.main_thread and not self.installed)
+
+
+def _failure(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: the probe called sys.exit({exc.code!r})"
+    if isinstance(exc, KeyboardInterrupt):
+        return "KeyboardInterrupt: raised by the probe itself (no interrupt signal was received)"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def run_probe(study: Study, probe: ProbeSpec, use_cache: bool = True) -> ProbeRecord:
-    """Run one probe in isolation: an exception becomes an error record, never a lost study."""
+    """Run one probe in isolation: whatever it raises or returns becomes its record, never a lost study.
+
+    Anything the probe raises (``SystemExit`` and other ``BaseException`` included) or a result that is not a
+    well-formed ProbeResult (:func:`ddprobe.results.result_problems`: metrics that are not numbers, say) makes
+    an error record. Only the user's own interrupt (Ctrl-C, a real SIGINT) propagates: the study stops and a
+    rerun resumes from the cache.
+    """
     ctx = study.context
     ctx.probe_id = probe.id
     key = _probe_cache_key(ctx, study.spec, probe)
     start = time.perf_counter()
-    record = _load_probe(ctx, key, probe) if use_cache else None
+    record = None
+    if use_cache:
+        try:
+            record = _load_probe(ctx, key, probe)
+        except Exception:  # an unreadable cache entry is a miss: the probe runs again and the entry is rewritten
+            record = None
     if record is not None:
         record.computed_seconds, record.seconds = record.seconds, time.perf_counter() - start
     else:
@@ -267,16 +337,22 @@ def run_probe(study: Study, probe: ProbeSpec, use_cache: bool = True) -> ProbeRe
             ctx.cache.misses["probe-results"] += 1
         guard = InputGuard(ctx, lambda: load_real(study.spec))  # the probe gets copies of the sets
         start = time.perf_counter()
+        watch = _InterruptWatch()
         try:
-            result = probe.plugin.run(ctx, probe.options)
-            if not isinstance(result, ProbeResult):
-                raise TypeError(f"probe {probe.kind!r} returned {type(result).__name__}, not a ProbeResult")
+            with watch:
+                result = probe.plugin.run(ctx, probe.options)
+            problems = result_problems(result)
+            if problems:
+                raise TypeError(f"probe {probe.kind!r} returned an invalid result: " + "; ".join(problems))
+            result.metrics = {k: float(v) for k, v in result.metrics.items()}
             guard.check(probe.id)  # before caching: a result computed on changed inputs is never stored
             record = ProbeRecord(probe.id, probe.kind, "ok", time.perf_counter() - start, result)
             _store_probe(ctx, key, record)
-        except Exception as exc:
+        except BaseException as exc:  # isolation: a plugin's sys.exit must not end the study
+            if watch.from_user(exc):
+                raise
             record = ProbeRecord(probe.id, probe.kind, "error", time.perf_counter() - start, ProbeResult(),
-                                 error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+                                 error=_failure(exc), traceback=traceback.format_exc())
         guard.release()  # the study's own sets back; real data a probe changed is reloaded
     if record.status == "ok":
         checks: list[Check] = []
@@ -285,6 +361,25 @@ def run_probe(study: Study, probe: ProbeSpec, use_cache: bool = True) -> ProbeRe
         record.checks = checks
     ctx.probe_id = ""
     return record
+
+
+def notify(target: Study, hook: str, **kwargs: Any) -> None:
+    """Call a lifecycle hook plugin by plugin: one that raises is a warning naming it, never a lost report."""
+    from .plugins import pm
+
+    caller = getattr(pm.hook, hook)
+    impls = caller.get_hookimpls()
+    plugins = [impl.plugin for impl in impls]
+    for impl in reversed(impls):  # pluggy's order: the last registered is called first
+        one = pm.subset_hook_caller(hook, remove_plugins=[p for p in plugins if p is not impl.plugin])
+        try:
+            one(**kwargs)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a hook's sys.exit is a warning as well
+            message = f"plugin {impl.plugin_name!r}: hook {hook} raised {_failure(exc)}"
+            target.warnings.append(message)
+            _say(target.console, f"[yellow]warning:[/yellow] {_plain(message)}")
 
 
 def provenance(device: str, cache: Cache) -> dict[str, Any]:
@@ -304,13 +399,14 @@ def provenance(device: str, cache: Cache) -> dict[str, Any]:
 def prepare(spec: Spec, output_dir: Path, no_cache: bool = False, console: Any = None,
             progress: Progress | None = None) -> Study:
     """Resolve data and distilled sets; return a Study ready to run probes. Distiller failures are recorded."""
-    import torch
+    from .spec_checks import device_problem, output_problem
 
     load_plugins()
     progress = progress or Progress(enabled=False)
+    problem = device_problem(spec.study.device) or output_problem(output_dir)
+    if problem is not None:
+        raise DDProbeError(problem)
     device = resolve_device(spec.study.device)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DDProbeError(f"study.device is {spec.study.device!r} but CUDA is not available; use 'auto' or 'cpu'")
     if spec.study.executor == "ray":
         from .executor.ray import import_ray
 
@@ -321,7 +417,10 @@ def prepare(spec: Spec, output_dir: Path, no_cache: bool = False, console: Any =
 
         cache.report = lambda message: _say(console, f"[yellow]warning:[/yellow] {escape(message)}")
     real = load_real(spec)  # a dataset that cannot be loaded stops the study before anything is written
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DDProbeError(f"--output {output_dir}: cannot create the folder: {exc.strerror or exc}") from None
     dkey = data_key(spec, real)
     sets: dict[str, DistilledSet] = {}
     records: dict[str, DistilledRecord] = {}
@@ -363,7 +462,7 @@ def prepare(spec: Spec, output_dir: Path, no_cache: bool = False, console: Any =
                        spec.study.workers, spec.study.executor, spec.study.ray, distilled=sets,
                        pretrain_recipe=spec.pretrain, output_dir=output_dir,
                        controls={c.name for c in controls})
-    return Study(spec, ctx, output_dir, distilled=records, errors=errors)
+    return Study(spec, ctx, output_dir, distilled=records, errors=errors, console=console)
 
 
 def run_study(spec: Spec | str | Path, output_dir: str | Path | None = None, only: list[str] | None = None,
@@ -371,7 +470,6 @@ def run_study(spec: Spec | str | Path, output_dir: str | Path | None = None, onl
               reporters: list[str] | None = None) -> StudyResults:
     """Run a study end to end and write its reports. Returns the results; ``results.exit_code`` for CI."""
     from . import registry
-    from .plugins import pm
     from .spec import load_spec
 
     if not hasattr(spec, "probes"):
@@ -395,7 +493,7 @@ def run_study(spec: Spec | str | Path, output_dir: str | Path | None = None, onl
     started = time.perf_counter()
     study = prepare(spec, out, no_cache=no_cache, console=console, progress=bar)
     draw_distilled(study)
-    pm.hook.study_started(study=study)
+    notify(study, "study_started", study=study)
     selected = [p for p in spec.probes if not only or p.id in only]
     overall = StudyProgress(len(selected), bar, console if progress and not live else None)
     try:
@@ -405,7 +503,7 @@ def run_study(spec: Spec | str | Path, output_dir: str | Path | None = None, onl
             study.records.append(record)
             if record.status != "ok":
                 _say(console, f"[red]probe {_plain(probe.id)} failed:[/red] {_plain(record.error or '')}")
-            pm.hook.probe_finished(study=study, probe=probe, result=record)
+            notify(study, "probe_finished", study=study, probe=probe, result=record)
     finally:
         study.context.executor.close()  # a local Ray instance this run started; nothing for the others
     results = StudyResults(
@@ -413,11 +511,12 @@ def run_study(spec: Spec | str | Path, output_dir: str | Path | None = None, onl
         spec_path=str(spec.path) if spec.path else None,
         provenance=provenance(study.context.device, study.context.cache),
         distilled=study.distilled, probes=study.records, output_dir=out, errors=study.errors,
+        warnings=study.warnings,
     )
     results.seconds = time.perf_counter() - started
     results.provenance["cache"] = study.context.cache.stats()
     results.provenance["cache_warnings"] = list(study.context.cache.warnings)
-    pm.hook.study_finished(study=study, results=results)
+    notify(study, "study_finished", study=study, results=results)
     write_tables(results)
     remove_stale_files(results)
     for fmt in reporters if reporters is not None else spec.report.formats:
@@ -430,7 +529,7 @@ def run_study(spec: Spec | str | Path, output_dir: str | Path | None = None, onl
 
 
 def write_tables(results: StudyResults) -> None:
-    """Every probe table as ``tables/<probe id>-<table>.csv``."""
+    """Every probe table as ``tables/<probe id>-<table>.csv`` (a table that cannot be written is an error)."""
     tables = results.output_dir / "tables"
     for record in results.probes:
         for name, table in record.result.tables.items():

@@ -6,14 +6,28 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 if TYPE_CHECKING:
     import torch
 
     from .data import LabeledData
+
+
+PositiveLR = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+BatchSize = Annotated[int, Field(ge=1)]
+
+
+def _known_augmentation(name: str) -> str:
+    from . import augment
+    from .errors import suggest
+
+    if name not in augment.names():
+        raise ValueError(f"unknown augmentation {name!r}; {suggest(name, augment.names())}")
+    return name
 
 
 class TrainRecipe(BaseModel):
@@ -22,16 +36,18 @@ class TrainRecipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float | Literal["learned"] = Field(0.01, description="learning rate, or 'learned' for a set's own lr")
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    lr: PositiveLR | Literal["learned"] = Field(0.01, description="learning rate, or 'learned' for a set's own lr")
+    momentum: NonNegative = 0.9
+    weight_decay: NonNegative = 0.0
     steps: int | None = Field(300, ge=0, description="optimizer steps; ignored when epochs is set")
     epochs: int | None = Field(None, ge=0, description="passes over the data (overrides steps)")
-    batch_size: int | Literal["full"] = "full"
+    batch_size: BatchSize | Literal["full"] = "full"
     schedule: Literal["none", "step", "cosine"] = Field(
         "none", description="'step' multiplies the lr by 0.1 at half of training (DC/DM/MTT protocol)"
     )
     augment: str = Field("none", description="none, flip_crop, or a registered augmentation such as dsa")
+
+    _augment_known = field_validator("augment")(lambda cls, v: _known_augmentation(v))
 
     @model_validator(mode="after")
     def _needs_length(self) -> TrainRecipe:
@@ -207,14 +223,16 @@ class RecipeOverride(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     optimizer: Literal["sgd", "adam"] | None = None
-    lr: float | Literal["learned"] | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
-    steps: int | None = None
-    epochs: int | None = None
-    batch_size: int | Literal["full"] | None = None
+    lr: PositiveLR | Literal["learned"] | None = None
+    momentum: NonNegative | None = None
+    weight_decay: NonNegative | None = None
+    steps: int | None = Field(None, ge=0)
+    epochs: int | None = Field(None, ge=0)
+    batch_size: BatchSize | Literal["full"] | None = None
     schedule: Literal["none", "step", "cosine"] | None = None
     augment: str | None = None
+
+    _augment_known = field_validator("augment")(lambda cls, v: v if v is None else _known_augmentation(v))
 
     def apply(self, base: TrainRecipe) -> TrainRecipe:
         changes = self.model_dump(exclude_none=True)

@@ -69,7 +69,13 @@ class Interrupt:
         pass
 
     def run(self, ctx, options):
-        raise KeyboardInterrupt
+        import os
+        import signal
+        import time
+
+        os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does
+        time.sleep(5)
+        raise AssertionError("no KeyboardInterrupt after SIGINT")
 
 
 class Count:

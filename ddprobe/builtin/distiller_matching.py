@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_MODEL = {"arch": "convnet", "width": 128, "depth": 3, "norm": "instancenorm"}
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
@@ -25,7 +25,10 @@ def _check_model(value: Any) -> Any:
             raise ValueError('an inline model table needs arch = "..." (e.g. { arch = "convnet", width = 128 })')
         from .. import registry
 
-        plugin = registry.get_model(str(value["arch"]))
+        try:
+            plugin = registry.get_model(str(value["arch"]))
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
         plugin.Options(**{k: v for k, v in value.items() if k != "arch"})
         return value
     raise ValueError('model must name a [models] entry or be a table like { arch = "convnet", width = 128 }')
@@ -46,6 +49,14 @@ class CommonOptions(BaseModel):
     @classmethod
     def _model(cls, value: Any) -> Any:
         return _check_model(value)
+
+
+def _check_dsa_strategy(value: str) -> str:
+    from ..dsa import parse_strategy
+
+    if not parse_strategy(value):
+        raise ValueError("names no DSA operation; join operations with '_', e.g. 'color_crop_cutout'")
+    return value
 
 
 def _plan_net(ctx, options) -> str | None:
@@ -104,6 +115,8 @@ class GradientMatching(_Distiller):
         dsa: bool = Field(False, description="Siamese DSA on real and synthetic batches (the DSA method)")
         dsa_strategy: str = Field(DSA_STRATEGY, description="DSA operations, joined by '_'")
 
+        _strategy = field_validator("dsa_strategy")(lambda cls, v: _check_dsa_strategy(v))
+
 
 class DistributionMatching(_Distiller):
     name = "dm"
@@ -126,6 +139,8 @@ class DistributionMatching(_Distiller):
         batch_real: int = Field(256, ge=1, description="real images per class per iteration")
         dsa: bool = Field(True, description="Siamese DSA on the real and synthetic batch of each class")
         dsa_strategy: str = Field(DSA_STRATEGY, description="DSA operations, joined by '_'")
+
+        _strategy = field_validator("dsa_strategy")(lambda cls, v: _check_dsa_strategy(v))
 
 
 class TrajectoryMatching(_Distiller):
@@ -167,6 +182,13 @@ class TrajectoryMatching(_Distiller):
         expert_batch: int = Field(256, ge=1, description="experts' minibatch size")
         expert_momentum: float = Field(0.0, ge=0, description="experts' SGD momentum (reference 0)")
         expert_dsa: bool = Field(True, description="experts train with DSA augmentation")
+
+        @model_validator(mode="after")
+        def _epochs_fit(self):
+            if self.expert_epochs > self.expert_train_epochs:
+                raise ValueError(f"expert_epochs = {self.expert_epochs} exceeds expert_train_epochs = "
+                                 f"{self.expert_train_epochs}: the student cannot match more epochs than experts train")
+            return self
 
 
 class UnrolledBPTT(_Distiller):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..findings import Finding, FindingSpec
 from ..results import ProbeResult
@@ -139,6 +139,14 @@ class Agreement:
             "auto", description="train pool models stacked (vmap), one by one, or whichever is faster here")
         chunk: int = Field(32, ge=1, description="models per stacked batch")
 
+        @field_validator("subset_fraction")
+        @classmethod
+        def _fraction_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+            low, high = v
+            if not 0 < low <= high <= 1:
+                raise ValueError(f"must satisfy 0 < low <= high <= 1, got {list(v)}")
+            return v
+
     def plan(self, ctx, options: Options):
         """The subset-trained and early-stopped pools (cached, shared by studies), then distilled-trained models."""
         import math
@@ -171,6 +179,11 @@ class Agreement:
                 items.append(ctx.train_item(model, ctx.set_size(set_name), recipe, f"{model} on {set_name}",
                                             options.seeds))
         return items
+
+    def metric_names(self, sets: list[str], models: list[str], options: Options) -> list[str]:
+        """The metric keys (or globs) run() can produce, given the study's sets and models (for validate)."""
+        return [f"{s}/{m}/{key}" for s in options.sets or sets for m in options.models or models
+                for key in ("subset", "early", "difference", "early_step", "accuracy")]
 
     def run(self, ctx, options: Options) -> ProbeResult:
         import math

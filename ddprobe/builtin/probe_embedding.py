@@ -65,6 +65,10 @@ class Embedding:
         return [item, ctx.forward_item(model, len(ctx.real.test), "features of the real test set"),
                 PlanItem(f"{options.projection} projection", "other", seconds=fit)]
 
+    def metric_names(self, sets: list[str], models: list[str], options: Options) -> list[str]:
+        """The metric keys (or globs) run() can produce, given the study's sets and models (for validate)."""
+        return ["real_test/knn_agreement"] + [f"{s}/knn_agreement" for s in options.sets or sets]
+
     def run(self, ctx, options: Options) -> ProbeResult:
         import numpy as np
         import pandas as pd

@@ -36,6 +36,10 @@ class Evaluate:
                                             options.seeds, cached, key=f"evaluate:{set_name}:{model}:{recipe.key()}"))
         return items
 
+    def metric_names(self, sets: list[str], models: list[str], options: Options) -> list[str]:
+        """The metric keys (or globs) run() can produce, given the study's sets and models (for validate)."""
+        return [f"{s}/{m}" for s in options.sets or sets for m in options.models or models]
+
     def run(self, ctx, options: Options) -> ProbeResult:
         import numpy as np
         import pandas as pd

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..findings import Finding, FindingSpec
 from ..results import ProbeResult
@@ -174,7 +174,19 @@ class Hessian:
                 raise ValueError("checkpoints must be a positive step interval or a list of steps")
             if isinstance(v, list) and any(s < 0 for s in v):
                 raise ValueError("checkpoint steps must be >= 0")
+            if isinstance(v, list) and not v:
+                raise ValueError("checkpoints = [] lists no step; give steps or a positive interval")
             return v
+
+        @model_validator(mode="after")
+        def _consistent(self):
+            if self.stop == "pyhessian-0.1" and self.estimator != "hutchinson":
+                raise ValueError("stop = 'pyhessian-0.1' needs estimator = 'hutchinson'")
+            eigen = max(self.top_k + 2, self.budget // 2) if self.top_k else 0
+            if self.budget - eigen < 8:
+                raise ValueError(f"budget {self.budget} leaves fewer than 8 products for the trace after {eigen} "
+                                 f"for top_k = {self.top_k}; raise budget")
+            return self
 
     def plan(self, ctx, options: Options):
         """One real-data run, then at each checkpoint not yet cached a budget of products on real data and sets."""
@@ -201,6 +213,16 @@ class Hessian:
             items.append(ctx.hvp_item(model, ctx.set_size(set_name), options.budget,
                                       f"<= {options.budget} products on {set_name}", todo, cached=not todo))
         return items
+
+    def metric_names(self, sets: list[str], models: list[str], options: Options) -> list[str]:
+        """The metric keys (or globs) run() can produce, given the study's sets and models (for validate)."""
+        chosen = list(options.sets or sets)
+        per = ["trace_final", "trace_peak", "peak_step"] + (["lambda_max_final"] if options.top_k else [])
+        out = [f"{s}/{key}" for s in ["real", *chosen] for key in per]
+        out += [f"{s}/final_ratio" for s in chosen]
+        if options.top_k:
+            out += [f"{s}/overlap_final" for s in chosen]
+        return out + ["products/max_per_checkpoint", "products/total"]
 
     def run(self, ctx, options: Options) -> ProbeResult:
         import time

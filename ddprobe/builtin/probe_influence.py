@@ -77,6 +77,16 @@ class Influence:
         item.key = f"pretrained:{model}"
         return [*items, item]
 
+    def metric_names(self, sets: list[str], models: list[str], options: Options) -> list[str]:
+        """The metric keys (or globs) run() can produce, given the study's sets and models (for validate)."""
+        keys = ["label_agreement", "label_agreement_chance", "noise_floor", "signal_rms", "above_noise",
+                "seconds_per_retrain"]
+        keys += ["rank_agreement"] if options.inits > 1 else []
+        keys += ["reverse_label_agreement"] if options.reverse else []
+        for b in options.backends:  # spearman and pearson, or the backend's status when it gave no scores
+            keys += [f"audit/{b}/seconds", f"audit/{b}/spearman", f"audit/{b}/pearson", f"audit/{b}/*"]
+        return [f"{s}/{key}" for s in options.sets or sets for key in keys]
+
     def run(self, ctx, options: Options) -> ProbeResult:
         import pandas as pd
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..findings import FindingSpec
 from ..results import ProbeResult
@@ -55,6 +55,15 @@ class Mixing:
             None, ge=1, description="real images per class the finding compares with k = 0 (default: the smallest "
                                     "k > 0; the paper's drop is at 2-10)")
 
+        @field_validator("k")
+        @classmethod
+        def _counts(cls, v: list[int]) -> list[int]:
+            if not v:
+                raise ValueError("lists no count; give real images per class to add, e.g. k = [0, 2, 10]")
+            if any(k < 0 for k in v):
+                raise ValueError(f"counts must be >= 0, got {v}")
+            return v
+
     def plan(self, ctx, options: Options):
         """A training per set, k, architecture and seed on the set plus k real images per class."""
         recipe = options.recipe.apply(ctx.recipe)
@@ -67,6 +76,17 @@ class Mixing:
                     items.append(ctx.train_item(model, n, recipe, f"{model} on {set_name} + {k} real/class",
                                                 options.seeds))
         return items
+
+    def metric_names(self, sets: list[str], models: list[str], options: Options) -> list[str]:
+        """The metric keys (or globs) run() can produce, given the study's sets and models (for validate)."""
+        out = []
+        for s in options.sets or sets:
+            for m in options.models or models:
+                # a count above the smallest class is capped to it, so k* also covers the capped key
+                out += [f"{s}/{m}/k{k}" for k in sorted(set(options.k))] + [f"{s}/{m}/k*"]
+                if 0 in options.k and any(k > 0 for k in options.k):
+                    out.append(f"{s}/{m}/change")
+        return out
 
     def run(self, ctx, options: Options) -> ProbeResult:
         import numpy as np

@@ -31,6 +31,11 @@ class Pixels:
 
         return [PlanItem("pixel statistics and a density figure", "other", seconds=0.5)]
 
+    def metric_names(self, sets: list[str], models: list[str], options: Options) -> list[str]:
+        """The metric keys (or globs) run() can produce, given the study's sets and models (for validate)."""
+        return [f"{s}/{stat}" for s in ["real", *(options.sets or sets)]
+                for stat in ("outside_01", "min", "max", "mean", "std")]
+
     def run(self, ctx, options: Options) -> ProbeResult:
         import pandas as pd
 

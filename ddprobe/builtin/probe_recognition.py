@@ -62,6 +62,11 @@ class Recognition:
                 items.append(ctx.forward_item(model, len(ctx.real.test), f"{model} on the real test set"))
         return items
 
+    def metric_names(self, sets: list[str], models: list[str], options: Options) -> list[str]:
+        """The metric keys (or globs) run() can produce, given the study's sets and models (for validate)."""
+        chosen = options.models or models
+        return [f"real_test/{m}" for m in chosen] + [f"{s}/{m}" for s in options.sets or sets for m in chosen]
+
     def run(self, ctx, options: Options) -> ProbeResult:
         import pandas as pd
 

@@ -91,6 +91,13 @@ class RecognitionCurve:
             items.append(ctx.forward_item(model, len(ctx.real.test), "test set after each recorded step", records))
         return items
 
+    def metric_names(self, sets: list[str], models: list[str], options: Options) -> list[str]:
+        """The metric keys (or globs) run() can produce, given the study's sets and models (for validate)."""
+        chosen = options.models or models
+        return [f"real_test/{m}/final" for m in chosen] + [
+            f"{s}/{m}/{key}" for s in options.sets or sets for m in chosen
+            for key in ("final", "step90", "step99", "test_at_step90")]
+
     def run(self, ctx, options: Options) -> ProbeResult:
         import numpy as np
         import pandas as pd

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..results import ProbeResult
 from ..training import RecipeOverride
@@ -87,6 +87,12 @@ class Sensitivity:
                     RecipeOverride.model_validate({key: value})
             return v
 
+        @model_validator(mode="after")
+        def _some_cell(self):
+            if not (self.include_study or self.presets or self.grid or self.recipes):
+                raise ValueError("no cell to train: set include_study = true or give presets, grid or recipes")
+            return self
+
     def cells(self, ctx, options: Options) -> list[tuple[str, Any, str]]:
         """(name, recipe, note) for every cell, duplicates (same recipe) removed, first name kept."""
         from .. import augment
@@ -140,6 +146,16 @@ class Sensitivity:
                     items.append(ctx.train_item(model, ctx.set_size(set_name), recipe,
                                                 f"{model} on {set_name}, cell {cell}", options.seeds))
         return items
+
+    def metric_names(self, sets: list[str], models: list[str], options: Options) -> list[str]:
+        """The metric keys (or globs) run() can produce, given the study's sets and models (for validate)."""
+        chosen = list(options.sets or sets)
+        chosen += [s for s in sets if s not in chosen and s.startswith("random_ipc")]  # controls are always added
+        out = []
+        for s in chosen:
+            out += [f"{s}/{m}/*" for m in options.models or models]  # one key per cell (cell names vary)
+            out += [f"{s}/spread", f"{s}/spread_ratio"]
+        return out
 
     def run(self, ctx, options: Options) -> ProbeResult:
         import numpy as np

@@ -15,13 +15,20 @@ KIND_PLURALS = {"datasets": "dataset", "models": "model", "distillers": "distill
 
 @app.command()
 def validate(spec: Path = typer.Argument(..., metavar="SPEC", help="Study spec (TOML)")) -> None:
-    """Check a spec without running anything; exit 2 with every problem listed when it is invalid."""
-    from ..errors import SpecError
+    """Check a spec without running anything; exit 2 with every problem listed when it is invalid.
+
+    Checks everything that needs no data and no training: each key and each plugin's options with their
+    ranges, names that become files, cross-references (sets, models, expectation metrics the study's probes can
+    produce), and this machine (the device exists, imported files exist).
+    """
+    from ..errors import DDProbeError
     from ..spec import load_spec
+    from ..spec_checks import check_environment
 
     try:
         parsed = load_spec(spec)
-    except SpecError as exc:
+        check_environment(parsed)
+    except DDProbeError as exc:
         raise fail(str(exc), 2) from None
     check = getattr(parsed.data.plugin, "check", None)  # optional dataset extension: is the data there?
     problems = check(parsed.data.options, parsed.base_dir) if check is not None else []

@@ -79,4 +79,6 @@ def print_report(results: StudyResults, console: Any) -> None:
             console.print(f"  {mark} {escape(c.metric)} {c.op} {fmt(c.threshold)}  ({value})")
     for err in results.errors:
         console.print(f"[red]error:[/red] {escape(err)}")
+    for warning in results.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     console.print(status_line(results), soft_wrap=True)

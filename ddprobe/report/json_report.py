@@ -50,6 +50,7 @@ def to_dict(results: StudyResults) -> dict[str, Any]:
         "findings": [f.to_json() for f in results.findings],
         "probes": probes,
         "errors": results.errors,
+        "warnings": results.warnings,
         "exit_code": results.exit_code,
         "status": results.status,
         "seconds": round(results.seconds, 3),

@@ -31,6 +31,7 @@ def render(results: StudyResults) -> str:
         if p["status"] != "ok":
             lines.append(f"- probe {p['id']} failed: `{p['error']}`")
     lines += [f"- error: {err}" for err in data["errors"]]
+    lines += [f"- warning: {warning}" for warning in data.get("warnings", [])]
     lines += ["", f"seed {results.seed} · {data['provenance'].get('device')} · torch "
                   f"{data['provenance'].get('torch')}", "", *markdown_findings(results), "## Distilled sets", "",
               "| set | made by | images per class | images | time | status |", "|---|---|---|---|---|---|"]
