@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import difflib
-import fnmatch
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -42,17 +41,80 @@ def study_set_names(distilled: dict[str, DistilledSpec], control: bool) -> list[
     return names
 
 
-def could_match(metric: str, names: Iterable[str]) -> bool:
-    """Whether an expectation key (a name or a glob) can match one of a probe's declared names (or globs).
+Token = tuple[str, Any]  # ("*", None) | ("?", None) | ("=", char) | ("[", (negated, chars))
 
-    Two globs are never compared: that case counts as a possible match (the check must not refuse a valid spec).
-    """
-    metric_glob = is_glob(metric)
+
+def _tokens(pattern: str) -> list[Token]:
+    """An fnmatch pattern as tokens: ``*``, ``?``, a literal character, or a ``[...]`` class."""
+    out: list[Token] = []
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "[":
+            end = pattern.find("]", i + 2)
+            if end != -1:
+                body = pattern[i + 1:end]
+                negated = body[:1] in ("!", "^")
+                body = body[1:] if negated else body
+                chars: set[str] = set()
+                k = 0
+                while k < len(body):
+                    if k + 2 < len(body) and body[k + 1] == "-":
+                        chars |= {chr(c) for c in range(ord(body[k]), ord(body[k + 2]) + 1)}
+                        k += 3
+                    else:
+                        chars.add(body[k])
+                        k += 1
+                out.append(("[", (negated, frozenset(chars))))
+                i = end + 1
+                continue
+        out.append((ch, None) if ch in "*?" else ("=", ch))
+        i += 1
+    return out
+
+
+def _one_char_overlap(x: Token, y: Token) -> bool:
+    if x[0] == "?" or y[0] == "?":
+        return True
+    if x[0] == "=" and y[0] == "=":
+        return x[1] == y[1]
+    if x[0] == "=":
+        x, y = y, x
+    if y[0] == "=":  # x is a class
+        negated, chars = x[1]
+        return (y[1] in chars) != negated
+    (nx, cx), (ny, cy) = x[1], y[1]
+    return nx or ny or bool(cx & cy)  # two classes: exact unless one is negated (then: possibly)
+
+
+def globs_overlap(a: str, b: str) -> bool:
+    """Whether some string matches both fnmatch patterns (exact, except that two negated classes count as
+    overlapping: it may say yes where the answer is no, never the other way round)."""
+    ta, tb = _tokens(a), _tokens(b)
+    # ok[i][j]: the suffixes ta[i:] and tb[j:] can match a common string
+    ok = [[False] * (len(tb) + 1) for _ in range(len(ta) + 1)]
+    for i in range(len(ta), -1, -1):
+        for j in range(len(tb), -1, -1):
+            x = ta[i] if i < len(ta) else None
+            y = tb[j] if j < len(tb) else None
+            if x is None and y is None:
+                ok[i][j] = True
+            elif x is not None and x[0] == "*":
+                ok[i][j] = ok[i + 1][j] or (y is not None and ok[i][j + 1])
+            elif y is not None and y[0] == "*":
+                ok[i][j] = ok[i][j + 1] or (x is not None and ok[i + 1][j])
+            elif x is not None and y is not None and _one_char_overlap(x, y):
+                ok[i][j] = ok[i + 1][j + 1]
+    return ok[0][0]
+
+
+def could_match(metric: str, names: Iterable[str]) -> bool:
+    """Whether an expectation key (a name or a glob) can match one of a probe's declared names (or globs)."""
     for name in names:
-        if is_glob(name):
-            if metric_glob or fnmatch.fnmatchcase(metric, name):
+        if is_glob(name) or is_glob(metric):
+            if globs_overlap(metric, name):
                 return True
-        elif fnmatch.fnmatchcase(name, metric) if metric_glob else name == metric:
+        elif name == metric:
             return True
     return False
 

@@ -438,9 +438,11 @@ class _ModelWatch:
 
 
 def _result_problems(result: Any) -> list[str]:
+    """The kit's rules for a result, then the rest of what a study refuses at run time
+    (:func:`ddprobe.results.result_problems`: table names that are not plain file names, say)."""
     import pandas as pd
 
-    from .results import ProbeResult
+    from .results import ProbeResult, result_problems
 
     if not isinstance(result, ProbeResult):
         return [f"run() returned {type(result).__name__}, not a ProbeResult"]
@@ -454,14 +456,15 @@ def _result_problems(result: Any) -> list[str]:
             problems.append(f"metric {key!r} is a {type(value).__name__}; metrics are plain floats")
         elif math.isinf(value):
             problems.append(f"metric {key!r} is infinite")
+    problems += [p for p in result_problems(result) if not p.startswith("metric")]
+    if not isinstance(result.tables, dict) or not isinstance(result.figures, dict):
+        return problems
     for name, table in result.tables.items():
         if not isinstance(table, pd.DataFrame):
             problems.append(f"table {name!r} is a {type(table).__name__}, not a pandas DataFrame")
     for name, path in result.figures.items():
-        if not Path(path).is_file():
+        if isinstance(path, (str, Path)) and not Path(path).is_file():
             problems.append(f"figure {name!r} points to {path}, which does not exist")
-    if not isinstance(result.summary, str):
-        problems.append("summary is not a string")
     return problems
 
 
@@ -493,6 +496,28 @@ def _finding_problems(probe: Any, result: Any, sets: dict[str, Any]) -> list[str
     return problems
 
 
+def _declaration_problems(probe: Any, result: Any, sets: list[str], models: list[str], options: Any) -> list[str]:
+    """A probe's optional ``metric_names(sets, models, options)`` must cover every metric its run() produced."""
+    from .spec_checks import could_match
+
+    declare = getattr(probe, "metric_names", None)
+    if declare is None:
+        return []
+    if not callable(declare):
+        return ["metric_names is not a method"]
+    try:
+        names = declare(list(sets), list(models), options)
+    except Exception as exc:
+        return [f"metric_names(sets, models, options) raised {exc!r}"]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        return [f"metric_names() returned {type(names).__name__}, not a list of metric names or globs"]
+    missing = [key for key in result.metrics if not could_match(key, names)]
+    if missing:
+        return [f"run() produced metric(s) that metric_names() does not declare: {missing[:5]}; "
+                "ddprobe validate would refuse expectations on them"]
+    return []
+
+
 def check_probe(probe: Any, *, real: RealData | None = None, options: dict[str, Any] | Any | None = None,
                 sets: dict[str, DistilledSet] | None = None,
                 models: Models | None = None,
@@ -500,8 +525,9 @@ def check_probe(probe: Any, *, real: RealData | None = None, options: dict[str, 
                 timings: tuple[str, ...] = TIMING_METRICS) -> Any:
     """Run a probe twice on a tiny study and check its result, determinism and manners. Returns its result.
 
-    Rules: a ProbeResult with flat ``{str: float}`` metrics, DataFrame tables, existing figure files and a
-    string summary; the same metrics for the same seed; models received from ``ctx.pretrained`` or
+    Rules: a ProbeResult with flat ``{str: float}`` metrics (numbers, never strings or tensors), DataFrame
+    tables, existing figure files and a string summary; every metric declared by ``metric_names()`` when the
+    probe has that method; the same metrics for the same seed; models received from ``ctx.pretrained`` or
     ``ctx.trained`` left in the mode, ``requires_grad`` and ``.grad`` state they were handed out in, with
     unchanged weights; the distilled sets, the real data, torch's global RNG and grad mode untouched; clear
     option errors. Metrics matching a glob in ``timings`` (default: keys containing ``seconds``) are wall-clock
@@ -540,6 +566,8 @@ def check_probe(probe: Any, *, real: RealData | None = None, options: dict[str, 
         if run == 0:
             problems += _result_problems(results[0])
             problems += _finding_problems(probe, results[0], sets)
+            if not problems:
+                problems += _declaration_problems(probe, results[0], list(sets), list(ctx.models), opts)
             problems += watch.problems()
             if not torch.equal(_global_rng_state(), rng_before):
                 problems.append("it draws from torch's global RNG; use ctx.rng(name) so results do not "

@@ -82,8 +82,10 @@ class Mixing:
         out = []
         for s in options.sets or sets:
             for m in options.models or models:
-                # a count above the smallest class is capped to it, so k* also covers the capped key
-                out += [f"{s}/{m}/k{k}" for k in sorted(set(options.k))] + [f"{s}/{m}/k*"]
+                # a count above the smallest class is capped to it (a smaller number, unknown before the data)
+                digits = len(str(max(options.k)))
+                out += [f"{s}/{m}/k{k}" for k in sorted(set(options.k))]
+                out += [f"{s}/{m}/k" + "[0-9]" * n for n in range(1, digits + 1)]
                 if 0 in options.k and any(k > 0 for k in options.k):
                     out.append(f"{s}/{m}/change")
         return out
