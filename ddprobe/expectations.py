@@ -82,6 +82,15 @@ class Expectation:
     def finding_set(self) -> str:
         return self.metric[len(FINDING_PREFIX):].split("/")[1]
 
+    def metric_keys(self) -> list[str]:
+        """Every metric key (or glob) this expectation reads; ``ddprobe validate`` checks each can exist.
+
+        A comparison reads its own key and the metric it compares with; a finding reads no metric.
+        """
+        if self.is_finding:
+            return []
+        return [self.metric] if self.other is None else [self.metric, self.other]
+
     def describe(self) -> str:
         """The right-hand side as written: ``>= 0.8``, ``>= random_ipc1/convnet + 0.1``, ``== holds``."""
         if self.other is not None:

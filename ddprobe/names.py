@@ -13,6 +13,7 @@ from pathlib import Path
 
 MAX_LENGTH = 100
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+NAME_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9_.-]*$"  # the same rule as a JSON Schema pattern
 VALID_TEXT = ("letters, digits, '_', '.' and '-' (starting with a letter, digit or '_'), at most "
               f"{MAX_LENGTH} characters")
 

@@ -15,7 +15,7 @@ from . import registry
 from .context import ModelSpec
 from .errors import SpecError, suggest
 from .expectations import Expectation
-from .names import name_problem
+from .names import MAX_LENGTH, NAME_PATTERN, name_problem
 from .training import TrainRecipe
 
 if sys.version_info >= (3, 11):
@@ -61,7 +61,8 @@ class StudySection(BaseModel):
             raise ValueError("valid devices: auto, cpu, cuda, cuda:N (N a GPU index), mps")
         return v
 
-    name: str = Field("study", description="names the output folder runs/<name>/")
+    name: str = Field("study", description="names the output folder runs/<name>/ (letters, digits, _ . -)",
+                      json_schema_extra={"pattern": NAME_PATTERN, "maxLength": MAX_LENGTH})
     seed: int = Field(0, description="every random draw derives from this seed and a stream name")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
     plugins: list[str] = Field([], description="plugin .py files to load, relative to the spec file")
@@ -620,7 +621,8 @@ def json_schema() -> dict[str, Any]:
                     "learned_lr": {"type": "number", "exclusiveMinimum": 0}}},
             ]}},
             "probe": {"type": "array", "items": {"anyOf": plugin_variants(
-                "probe", "kind", {"id": {"type": "string"}, "expect": expect})}},
+                "probe", "kind", {"id": {"type": "string", "pattern": NAME_PATTERN, "maxLength": MAX_LENGTH},
+                                  "expect": expect})}},
             "report": hoist(ReportSection.model_json_schema()),
         },
     }

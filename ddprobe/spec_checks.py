@@ -152,7 +152,7 @@ def check_expectation_metrics(probes: list[ProbeSpec], distilled: dict[str, Dist
     """
     sets = study_set_names(distilled, control)
     for probe in probes:
-        metric_keys = [e.metric for e in probe.expect if not e.metric.startswith(FINDING_PREFIX)]
+        metric_keys = [key for e in probe.expect for key in e.metric_keys() if not key.startswith(FINDING_PREFIX)]
         if not metric_keys:
             continue
         names = declared_metrics(probe, sets, list(models))

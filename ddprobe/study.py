@@ -372,11 +372,13 @@ def notify(target: Study, hook: str, **kwargs: Any) -> None:
     plugins = [impl.plugin for impl in impls]
     for impl in reversed(impls):  # pluggy's order: the last registered is called first
         one = pm.subset_hook_caller(hook, remove_plugins=[p for p in plugins if p is not impl.plugin])
+        watch = _InterruptWatch()
         try:
-            one(**kwargs)
-        except KeyboardInterrupt:
-            raise
+            with watch:
+                one(**kwargs)
         except BaseException as exc:  # a hook's sys.exit is a warning as well
+            if watch.from_user(exc):
+                raise
             message = f"plugin {impl.plugin_name!r}: hook {hook} raised {_failure(exc)}"
             target.warnings.append(message)
             _say(target.console, f"[yellow]warning:[/yellow] {_plain(message)}")
@@ -403,7 +405,12 @@ def prepare(spec: Spec, output_dir: Path, no_cache: bool = False, console: Any =
 
     load_plugins()
     progress = progress or Progress(enabled=False)
-    problem = device_problem(spec.study.device) or output_problem(output_dir)
+    problem = device_problem(spec.study.device)
+    if problem is not None:
+        from .errors import SpecError
+
+        raise SpecError(problem, file=str(spec.path) if spec.path else None)
+    problem = output_problem(output_dir)
     if problem is not None:
         raise DDProbeError(problem)
     device = resolve_device(spec.study.device)

@@ -226,6 +226,10 @@ def test_cuda_without_cuda_is_exit_2_at_validate(tmp_path):
     code, output = validate(path)
     assert code == 2 and f"{path}: study.device: 'cuda' but CUDA is not available" in " ".join(output.split())
     load_spec(path)  # the spec itself is fine: only this machine lacks the device
+    for command in (["run", str(path), "-o", str(tmp_path / "out"), "-q"], ["plan", str(path), "--no-measure"]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 2 and "study.device: 'cuda' but CUDA is not available" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_imported_file_and_cache_dir_that_is_a_file(tmp_path):

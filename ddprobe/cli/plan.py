@@ -28,9 +28,13 @@ def plan_command(
     from ..errors import DDProbeError, SpecError
     from ..plan import describe, human_seconds, plan_study
     from ..spec import load_spec
+    from ..spec_checks import device_problem
 
     try:
         parsed = load_spec(spec)
+        problem = device_problem(parsed.study.device)
+        if problem is not None:
+            raise SpecError(problem, file=str(spec))
         plan = plan_study(parsed, measure=not no_measure)
     except (SpecError, DDProbeError) as exc:
         raise fail(str(exc), 2) from None
