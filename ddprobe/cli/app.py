@@ -90,8 +90,12 @@ _register()
 
 
 def main() -> None:
+    from ..errors import DDProbeError
+
     try:
         app()
+    except DDProbeError as exc:  # any command: a problem ddprobe can explain is a message and exit 2, no traceback
+        sys.exit(fail(str(exc), 2).exit_code)
     except KeyboardInterrupt:
         print("interrupted: everything computed so far is cached; run the same command again to resume",
               file=sys.stderr)
