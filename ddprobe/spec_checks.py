@@ -152,16 +152,17 @@ def check_expectation_metrics(probes: list[ProbeSpec], distilled: dict[str, Dist
     """
     sets = study_set_names(distilled, control)
     for probe in probes:
-        metric_keys = [key for e in probe.expect for key in e.metric_keys() if not key.startswith(FINDING_PREFIX)]
-        if not metric_keys:
+        reads = [(e.metric, key) for e in probe.expect for key in e.metric_keys() if not key.startswith(FINDING_PREFIX)]
+        if not reads:
             continue
         names = declared_metrics(probe, sets, list(models))
         if names is None:
             continue
         where = probe.where or f"probe {probe.id!r}"
-        for metric in dict.fromkeys(metric_keys):
+        for spec_key, metric in dict.fromkeys(reads):
             if not could_match(metric, names):
-                problems.append(f"{where}.expect.{metric}: probe {probe.kind!r} cannot produce a metric named "
+                what = "a metric named" if metric == spec_key else "the metric it compares with,"
+                problems.append(f"{where}.expect.{spec_key}: probe {probe.kind!r} cannot produce {what} "
                                 f"{metric!r} in this study; {_hint(metric, names)}")
 
 

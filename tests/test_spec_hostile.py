@@ -105,6 +105,10 @@ CASES = [
     ('[[probe]]\nkind = "evaluate"\nsets = ["dm"]\nexpect = { "random_ipc1/convnet" = ">= 0.5" }',
      ["probe[0].expect.random_ipc1/convnet: probe 'evaluate' cannot produce"]),
     ('[[probe]]\nkind = "pixels"\nexpect = { "dm/outside" = "<= 0.1" }', ["did you mean 'dm/outside_01'"]),
+    ('[[probe]]\nkind = "evaluate"\nexpect = { "dm/convnet" = ">= random_ipc2/convnet + 0.1" }',
+     ["probe[0].expect.dm/convnet: probe 'evaluate' cannot produce the metric it compares with, "
+      "'random_ipc2/convnet'",
+      "did you mean 'random_ipc1/convnet'"]),
     ('[[probe]]\nkind = "mixing"\nk = [0, 2]\nexpect = { "*/mlp/k2" = ">= 0.1" }',
      ["probe[0].expect.*/mlp/k2: probe 'mixing' cannot produce"]),
     ('[[probe]]\nkind = "mixing"\nk = [0, 2]\nexpect = { "dm/convnet/k22" = ">= 0.1" }',
@@ -127,7 +131,8 @@ def test_hostile_spec_is_exit_2_naming_file_and_key(tmp_path, text, expected):
 
 VALID = [
     '[[probe]]\nkind = "evaluate"\nexpect = { "dm/convnet" = ">= 0.1", "random_ipc1/convnet" = ">= 0.1" }',
-    '[[probe]]\nkind = "evaluate"\nexpect = { "*/convnet" = ">= 0.1", "finding:no_such_finding/dm" = ">= 1" }',
+    '[[probe]]\nkind = "evaluate"\nexpect = { "*/convnet" = ">= 0.1", "dm/convnet" = ">= random_ipc1/convnet + 0.1" }',
+    '[[probe]]\nkind = "pixels"\nexpect = { "finding:pixels/dm" = "holds", "dm/outside_01" = ">= real/outside_01" }',
     '[[probe]]\nkind = "recognition"\nexpect = { "real_test/convnet" = ">= 0.1", "dm/*" = ">= 0" }',
     '[[probe]]\nkind = "mixing"\nk = [0, 250]\nexpect = { "dm/convnet/k180" = ">= 0", "dm/convnet/change" = "> 0" }',
     '[[probe]]\nkind = "sensitivity"\nexpect = { "random_ipc1/convnet/paper" = ">= 0", "dm/spread" = "<= 1" }',

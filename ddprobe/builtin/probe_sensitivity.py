@@ -154,7 +154,7 @@ class Sensitivity:
         out = []
         for s in chosen:
             out += [f"{s}/{m}/*" for m in options.models or models]  # one key per cell (cell names vary)
-            out += [f"{s}/spread", f"{s}/spread_ratio"]
+            out += [f"{s}/spread", f"{s}/spread_ratio", f"{s}/diverged_cells", f"{s}/spread_converged"]
         return out
 
     def run(self, ctx, options: Options) -> ProbeResult:
