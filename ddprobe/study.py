@@ -270,6 +270,7 @@ class _InterruptWatch:
         self.signalled = False
         self.main_thread = threading.current_thread() is threading.main_thread()
         self.installed = False
+        self.raised: BaseException | None = None  # what left the watched block
         self._previous: Any = None
 
     def _handle(self, signum: int, frame: Any) -> Any:
@@ -292,7 +293,8 @@ class _InterruptWatch:
                 self.installed = False
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.raised = exc
         if self.installed:
             signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL)
 
@@ -300,14 +302,16 @@ class _InterruptWatch:
         """Whether ``exc`` is the user's interrupt (then it ends the study; anything else is the probe's failure)."""
         if not isinstance(exc, KeyboardInterrupt):
             return False
+        if exc is not self.raised:  # raised after the plugin's code returned (saving its result): not the plugin's
+            return True
         return self.signalled or (self.main_thread and not self.installed)
 
 
 def _failure(exc: BaseException) -> str:
     if isinstance(exc, SystemExit):
-        return f"SystemExit: the probe called sys.exit({exc.code!r})"
+        return f"SystemExit: sys.exit({exc.code!r}) was called"
     if isinstance(exc, KeyboardInterrupt):
-        return "KeyboardInterrupt: raised by the probe itself (no interrupt signal was received)"
+        return "KeyboardInterrupt: raised by plugin code itself (no interrupt signal was received)"
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

@@ -134,8 +134,8 @@ def test_misbehaving_probes_and_hooks_fail_alone_and_reports_are_written(study_d
     results = run_study(load_spec(study_dir / "spec.toml"), out)
     status = {p.id: (p.status, p.error) for p in results.probes}
     assert status["pixels"] == ("ok", None)
-    assert status["exits"] == ("error", "SystemExit: the probe called sys.exit(0)")
-    assert status["fake_interrupt"][1].startswith("KeyboardInterrupt: raised by the probe itself")
+    assert status["exits"] == ("error", "SystemExit: sys.exit(0) was called")
+    assert status["fake_interrupt"][1].startswith("KeyboardInterrupt: raised by plugin code itself")
     assert status["custom_base"] == ("error", "Custom: odd")
     assert "metric 'm' is str 'high', not a number" in status["string_metric"][1]
     assert "metric 'm' is Tensor" in status["tensor_metric"][1]
@@ -153,7 +153,8 @@ def test_misbehaving_probes_and_hooks_fail_alone_and_reports_are_written(study_d
     plugin = f"file:{(study_dir / 'hostile_plugin.py').resolve()}"
     assert f"plugin {plugin!r}: hook study_started raised RuntimeError: started hook broke" in results.warnings
     assert f"plugin {plugin!r}: hook study_finished raised ValueError: finished hook broke" in results.warnings
-    assert sum("hook probe_finished raised SystemExit" in w for w in results.warnings) == len(results.probes)
+    assert sum(f"plugin {plugin!r}: hook probe_finished raised SystemExit: sys.exit(7) was called" == w
+               for w in results.warnings) == len(results.probes)
 
     report = json.loads((out / "report.json").read_text())
     assert report["exit_code"] == 3 and report["warnings"] == results.warnings
@@ -201,6 +202,12 @@ def test_a_real_interrupt_still_stops_the_study(study_dir):
         os.kill(os.getpid(), signal.SIGINT)
         for _ in range(10_000_000):  # the handler runs between bytecodes
             pass
-    assert watch.signalled and watch.from_user(KeyboardInterrupt())
+    assert watch.signalled and isinstance(watch.raised, KeyboardInterrupt) and watch.from_user(watch.raised)
     assert not _InterruptWatch().from_user(SystemExit(0))
+    with _InterruptWatch() as quiet:
+        pass
+    assert quiet.from_user(KeyboardInterrupt())  # one raised after the watched code returned is the user's
+    with pytest.raises(KeyboardInterrupt), _InterruptWatch() as fake:  # noqa: PT012
+        raise KeyboardInterrupt
+    assert not fake.from_user(fake.raised)  # raised by the code itself, with no signal: not the user's
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the previous handler is back
