@@ -258,3 +258,66 @@ def test_parse_spec_refuses_too_deep_python_input():
         node = node["x"]
     with pytest.raises(SpecError, match="nested more than"):
         parse_spec({"study": deep})
+
+
+DECLARING = '''
+from pydantic import BaseModel
+from ddprobe import hookimpl, ProbeResult
+
+
+class Options(BaseModel):
+    pass
+
+
+class Silent:
+    name = "silent"
+    description = "declares nothing: its expectations are checked when it runs"
+    Options = Options
+
+    def run(self, ctx, options):
+        return ProbeResult()
+
+
+class Broken:
+    name = "broken_declaration"
+    description = "its metric_names raises: validate does not refuse the spec for that"
+    Options = Options
+
+    def metric_names(self, sets, models, options):
+        raise RuntimeError("bug in the declaration")
+
+    def run(self, ctx, options):
+        return ProbeResult()
+
+
+class Declares:
+    name = "declares"
+    description = "one metric per set"
+    Options = Options
+
+    def metric_names(self, sets, models, options):
+        return [f"{s}/size" for s in sets]
+
+    def run(self, ctx, options):
+        return ProbeResult()
+
+
+@hookimpl
+def register_probes(register):
+    register(Silent())
+    register(Broken())
+    register(Declares())
+'''
+
+
+def test_metric_names_are_optional_and_a_failing_declaration_is_ignored(tmp_path):
+    (tmp_path / "declaring.py").write_text(DECLARING)
+    head = STUDY.replace('device = "cpu"', 'device = "cpu"\nplugins = ["declaring.py"]') + BODY
+    ok = head + ('[[probe]]\nkind = "silent"\nexpect = { "anything/at_all" = ">= 0" }\n'
+                 '[[probe]]\nkind = "broken_declaration"\nexpect = { "anything" = ">= 0" }\n'
+                 '[[probe]]\nkind = "declares"\nexpect = { "random_ipc1/size" = ">= 1", "dm/size" = ">= 1" }\n')
+    assert validate(write(tmp_path, ok))[0] == 0
+    bad = head + '[[probe]]\nkind = "declares"\nexpect = { "dm/sizes" = ">= 1" }\n'
+    code, output = validate(write(tmp_path, bad, "bad.toml"))
+    assert code == 2 and "probe[0].expect.dm/sizes: probe 'declares' cannot produce" in output
+    assert "did you mean 'dm/size'" in " ".join(output.split())
