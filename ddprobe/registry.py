@@ -78,7 +78,12 @@ def _collect(kind: str) -> dict[str, Any]:
             found[obj.name] = obj
             owners[obj.name] = _owner
 
-        impl.function(register=register)
+        try:
+            impl.function(register=register)
+        except PluginError:
+            raise
+        except Exception as exc:  # a plugin whose registration hook breaks is named, not a traceback
+            raise PluginError(f"plugin {owner!r}: {KINDS[kind].hook} raised {type(exc).__name__}: {exc}") from exc
     _cache[kind] = found
     _owners[kind] = owners
     return found

@@ -321,3 +321,13 @@ def test_metric_names_are_optional_and_a_failing_declaration_is_ignored(tmp_path
     code, output = validate(write(tmp_path, bad, "bad.toml"))
     assert code == 2 and "probe[0].expect.dm/sizes: probe 'declares' cannot produce" in output
     assert "did you mean 'dm/size'" in " ".join(output.split())
+
+
+def test_plugin_whose_registration_raises_is_a_spec_problem(tmp_path):
+    (tmp_path / "raises.py").write_text("from ddprobe import hookimpl\n\n\n@hookimpl\ndef register_probes(register):\n"
+                                        "    raise ValueError('no probes today')\n")
+    code, output = validate(write(tmp_path, '[study]\nplugins = ["raises.py"]'))
+    flat = " ".join(output.split())
+    assert code == 2 and "study.plugins[0]: plugin file raises.py: plugin 'file:" in flat
+    assert "register_probes raised ValueError: no probes today" in flat
+    assert validate(write(tmp_path, '[[probe]]\nkind = "pixels"', "ok.toml"))[0] == 0
