@@ -211,3 +211,33 @@ def test_a_real_interrupt_still_stops_the_study(study_dir):
         raise KeyboardInterrupt
     assert not fake.from_user(fake.raised)  # raised by the code itself, with no signal: not the user's
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the previous handler is back
+
+
+def test_a_plugin_whose_commands_raise_is_a_warning():
+    import typer
+
+    from ddprobe import hookimpl
+    from ddprobe.cli.app import add_plugin_commands
+    from ddprobe.plugins import load_plugins
+
+    class Broken:
+        @hookimpl
+        def register_commands(self, app):
+            raise RuntimeError("no commands today")
+
+    class Fine:
+        @hookimpl
+        def register_commands(self, app):
+            app.command("hello")(lambda: typer.echo("hello"))
+
+    pm = load_plugins()
+    pm.register(Fine(), name="fine-commands")
+    pm.register(Broken(), name="broken-commands")
+    try:
+        target = typer.Typer()
+        warnings = add_plugin_commands(target, pm)
+    finally:
+        pm.unregister(name="broken-commands")
+        pm.unregister(name="fine-commands")
+    assert warnings == ["plugin 'broken-commands': register_commands raised RuntimeError: no commands today"]
+    assert [c.name for c in target.registered_commands] == ["hello"]

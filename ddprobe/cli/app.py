@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import typer
 
 from .. import __version__
+
+if TYPE_CHECKING:
+    import pluggy
 
 app = typer.Typer(
     name="ddprobe",
@@ -83,7 +87,20 @@ def _register() -> None:
 
     pm = load_plugins()
     from . import cache, compare, plan  # noqa: F401  (listed after run and distill in --help)
-    pm.hook.register_commands(app=app)
+    for warning in add_plugin_commands(app, pm):
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def add_plugin_commands(target: typer.Typer, pm: pluggy.PluginManager) -> list[str]:
+    """Call each plugin's ``register_commands`` on ``target``; one that raises is a warning naming the plugin,
+    and every other command (ddprobe's and other plugins') stays available."""
+    warnings = []
+    for impl in reversed(pm.hook.register_commands.get_hookimpls()):
+        try:
+            impl.function(app=target)
+        except Exception as exc:
+            warnings.append(f"plugin {impl.plugin_name!r}: register_commands raised {type(exc).__name__}: {exc}")
+    return warnings
 
 
 _register()
