@@ -323,7 +323,7 @@ def parse_spec(raw: dict[str, Any], path: Path | None = None, raw_bytes: bytes |
 
     models = _parse_models(raw.get("models", {"convnet": {"arch": "convnet"}}), base, problems)
     distilled = _parse_distilled(raw.get("distilled", {}), base, models, problems)
-    probes = _parse_probes(raw.get("probe", []), models, distilled, problems)
+    probes = _parse_probes(raw.get("probe", []), models, distilled, study.control, problems)
 
     report = _validate(ReportSection, raw.get("report", {}), "report", problems) or ReportSection()
     for i, fmt in enumerate(report.formats):
@@ -460,7 +460,10 @@ def _parse_distilled(dist_raw: Any, base: Path, models: dict[str, ModelSpec],
 
 
 def _parse_probes(probe_raw: Any, models: dict[str, ModelSpec], distilled: dict[str, DistilledSpec],
-                  problems: list[str]) -> list[ProbeSpec]:
+                  control: bool, problems: list[str]) -> list[ProbeSpec]:
+    from .spec_checks import study_set_names
+
+    study_sets = study_set_names(distilled, control)
     probes: list[ProbeSpec] = []
     if isinstance(probe_raw, dict):
         probe_raw = [probe_raw]
@@ -499,7 +502,7 @@ def _parse_probes(probe_raw: Any, models: dict[str, ModelSpec], distilled: dict[
         opts = _validate_plugin_options(plugin.Options, table, where, valid, problems)
         if opts is None:
             continue
-        _check_references(opts, where, models, distilled, problems)
+        _check_references(opts, where, models, distilled, problems, study_sets)
         _check_finding_expectations(plugin, expects, where, distilled, problems)
         probes.append(ProbeSpec(pid, kind, plugin, opts, expects, where=where))
     return probes
@@ -565,8 +568,10 @@ def _validate_plugin_options(options_model: type[BaseModel], table: dict, where:
     return opts
 
 
-def _check_references(opts: BaseModel, where: str, models: dict, distilled: dict, problems: list[str]) -> None:
-    """Probe options named ``models``/``model`` must name [models] entries; ``sets`` must name distilled sets."""
+def _check_references(opts: BaseModel, where: str, models: dict, distilled: dict, problems: list[str],
+                      study_sets: list[str] | None = None) -> None:
+    """Probe options named ``models``/``model`` must name [models] entries; ``sets`` must name distilled sets or
+    the random-real controls the study adds (``study_sets``, from :func:`spec_checks.study_set_names`)."""
     for field_name in ("models", "model"):
         value = getattr(opts, field_name, None)
         names = value if isinstance(value, list) else ([value] if isinstance(value, str) else [])
@@ -575,10 +580,21 @@ def _check_references(opts: BaseModel, where: str, models: dict, distilled: dict
                 loc = f"{where}.{field_name}" + (f"[{j}]" if isinstance(value, list) else "")
                 problems.append(f"{loc}: no model {name!r} in [models]; {suggest(name, models)}")
     sets = getattr(opts, "sets", None)
-    if isinstance(sets, list):
-        for j, name in enumerate(sets):
-            if name not in distilled and not CONTROL.fullmatch(str(name)):
-                problems.append(f"{where}.sets[{j}]: no distilled set {name!r}; {suggest(name, distilled)}")
+    if not isinstance(sets, list):
+        return
+    import fnmatch
+
+    known = list(distilled) if study_sets is None else study_sets
+    for j, name in enumerate(sets):
+        if name in distilled:
+            continue
+        if study_sets is None and CONTROL.fullmatch(str(name)):
+            continue
+        if CONTROL.fullmatch(str(name)) and any(fnmatch.fnmatchcase(name, s) for s in known):
+            continue
+        control = " (the study adds a random_ipcK control only for the images per class of its distilled sets)" \
+            if CONTROL.fullmatch(str(name)) else ""
+        problems.append(f"{where}.sets[{j}]: no distilled set {name!r}{control}; {suggest(name, known)}")
 
 
 def json_schema() -> dict[str, Any]:

@@ -105,7 +105,7 @@ kind = "string_metric"
 kind = "tensor_metric"
 [[probe]]
 kind = "numpy_metric"
-expect = { m = ">= 0.4" }
+expect = { m = ">= 0.4", gone = ">= 0" }  # the plugin declares no metric names: "gone" fails when it runs
 [[probe]]
 kind = "bad_table"
 [[probe]]
@@ -143,7 +143,7 @@ def test_misbehaving_probes_and_hooks_fail_alone_and_reports_are_written(study_d
     numpy_record = next(p for p in results.probes if p.id == "numpy_metric")
     assert numpy_record.result.metrics == {"m": 0.5, "n": 3.0}
     assert all(type(v) is float for v in numpy_record.result.metrics.values())
-    assert numpy_record.checks[0].passed
+    assert numpy_record.checks[0].passed and not numpy_record.checks[1].passed
     assert "table name '../../table' would not be a plain file name" in status["bad_table"][1]
     assert "run() returned dict, not a ProbeResult" in status["not_a_result"][1]
     assert status["escaping_figure"] == ("ok", None)
@@ -162,7 +162,8 @@ def test_misbehaving_probes_and_hooks_fail_alone_and_reports_are_written(study_d
     assert "finished hook broke" in (out / "report.md").read_text()
     junit = (out / "junit.xml").read_text()
     assert 'errors="7"' in junit and "sys.exit(0)" in junit
-    assert (out / "report.html").exists() and (out / "tables" / "pixels-pixel_stats.csv").exists()
+    assert (out / "tables" / "pixels-pixel_stats.csv").exists()
+    assert "no metric named &#x27;gone&#x27;" in (out / "report.html").read_text()  # the reason, not an empty value
 
     # nothing was written outside the output folder and the cache
     new = {p.relative_to(study_dir) for p in _files(study_dir) - before}

@@ -99,6 +99,11 @@ CASES = [
     ('[models."x/y"]\narch = "mlp"', ["models.x/y: model name 'x/y' would not be a plain file name"]),
     # cross-references and expectation metrics
     ('[[probe]]\nkind = "evaluate"\nsets = ["dn"]', ["probe[0].sets[0]: no distilled set 'dn'", "'dm'"]),
+    ('[[probe]]\nkind = "evaluate"\nsets = ["random_ipc5"]',
+     ["probe[0].sets[0]: no distilled set 'random_ipc5' (the study adds a random_ipcK control only",
+      "did you mean 'random_ipc1'"]),
+    ('[study]\ncontrol = false\n[[probe]]\nkind = "evaluate"\nsets = ["random_ipc1"]',
+     ["probe[0].sets[0]: no distilled set 'random_ipc1'"]),
     ('[[probe]]\nkind = "evaluate"\nexpect = { "dm/convnett" = ">= 0.5" }',
      ["probe[0].expect.dm/convnett: probe 'evaluate' cannot produce a metric named 'dm/convnett'",
       "did you mean 'dm/convnet'"]),
@@ -138,6 +143,7 @@ VALID = [
     '[[probe]]\nkind = "sensitivity"\nexpect = { "random_ipc1/convnet/paper" = ">= 0", "dm/spread" = "<= 1" }',
     '[[probe]]\nkind = "pixels"\nid = "pixels.v2-final_1"\nexpect = { "real/outside_01" = "<= 0.1" }',
     '[study]\ncontrol = true\nname = "Study_1.v2-x"',
+    '[[probe]]\nkind = "evaluate"\nsets = ["random_ipc1", "dm"]',
 ]
 
 
@@ -150,7 +156,8 @@ def test_reachable_expectations_and_safe_names_validate(tmp_path, text):
 def test_imported_sets_allow_any_control_name(tmp_path):
     torch.save({"data": torch.zeros(10, 1, 8, 8), "label": torch.arange(10)}, tmp_path / "set.pt")
     text = BASE + ('[distilled.f]\npath = "set.pt"\n[[probe]]\nkind = "evaluate"\n'
-                   'expect = { "random_ipc3/convnet" = ">= 0", "f/convnet" = ">= 0" }')
+                   'expect = { "random_ipc3/convnet" = ">= 0", "f/convnet" = ">= 0" }\n'
+                   '[[probe]]\nkind = "pixels"\nsets = ["random_ipc3", "f"]')
     code, output = validate(write(tmp_path, text))
     assert code == 0, output
 
