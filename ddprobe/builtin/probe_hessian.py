@@ -219,7 +219,7 @@ class Hessian:
         chosen = list(options.sets or sets)
         per = ["trace_final", "trace_peak", "peak_step"] + (["lambda_max_final"] if options.top_k else [])
         out = [f"{s}/{key}" for s in ["real", *chosen] for key in per]
-        out += [f"{s}/final_ratio" for s in chosen]
+        out += [f"{s}/final_ratio" for s in chosen] + [f"{s}/drop_vs_real" for s in chosen]
         if options.top_k:
             out += [f"{s}/overlap_final" for s in chosen]
         return out + ["products/max_per_checkpoint", "products/total"]

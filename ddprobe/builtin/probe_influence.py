@@ -80,11 +80,11 @@ class Influence:
     def metric_names(self, sets: list[str], models: list[str], options: Options) -> list[str]:
         """The metric keys (or globs) run() can produce, given the study's sets and models (for validate)."""
         keys = ["label_agreement", "label_agreement_chance", "noise_floor", "signal_rms", "above_noise",
-                "seconds_per_retrain"]
+                *(f.id.replace("influence_", "coherence_") for f in self.findings)]  # the findings' effects
         keys += ["rank_agreement"] if options.inits > 1 else []
         keys += ["reverse_label_agreement"] if options.reverse else []
         for b in options.backends:  # spearman and pearson, or the backend's status when it gave no scores
-            keys += [f"audit/{b}/seconds", f"audit/{b}/spearman", f"audit/{b}/pearson", f"audit/{b}/*"]
+            keys += [f"audit/{b}/spearman", f"audit/{b}/pearson", f"audit/{b}/*"]  # (timings are not metrics)
         return [f"{s}/{key}" for s in options.sets or sets for key in keys]
 
     def run(self, ctx, options: Options) -> ProbeResult:
