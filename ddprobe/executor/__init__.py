@@ -60,11 +60,14 @@ def _call(item: Any) -> Any:
 
 def _terminate(pool: Any) -> None:
     """Stop a process pool now (an interrupt or a failed task): pending tasks are dropped, workers are killed."""
-    procs = list((getattr(pool, "_processes", None) or {}).values())
+    procs = set((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
+    procs |= set((getattr(pool, "_processes", None) or {}).values())  # any the pool started meanwhile
     for proc in procs:
         if proc.is_alive():
             proc.terminate()
+    for proc in procs:
+        proc.join(timeout=5)  # reaped now, not whenever the pool's manager thread gets to it
 
 
 def process_map(fn: Callable[[Any, Any], Any], items: Iterable[Any], *, workers: int, shared: Any = None,
