@@ -13,7 +13,11 @@ list it.
 where ``ctx`` is a :class:`PlanContext`. Time estimates come from training steps of each model timed on this
 machine: a training step costs what was measured at its batch size (scaled linearly above 256 examples), a
 forward pass over N examples a third of a training step on N examples, a Hessian-vector product two training
-steps. They are rough (within a factor of two or three); their point is to tell minutes from hours.
+steps. Steps are timed after a warm-up, several times, with the thread budget the run would use; the estimate
+uses the median step and comes with a range, from the fastest steps to the upper-quartile steps times
+``OVERHEAD`` (what a run spends outside the timed steps). The estimate is for one process (``Plan.seconds_with``
+spreads bags over workers) and cannot foresee other jobs starting on the machine. docs/benchmarks.md records
+estimates against actual cold runs.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ if TYPE_CHECKING:
     from .training import TrainRecipe
 
 MEASURE_BATCH_MAX = 256
+WARMUP_STEPS = 3  # the first steps of a model pay one-time costs (allocator, kernel choice): never timed
+MIN_REPEATS, MAX_REPEATS = 5, 25
+OVERHEAD = 1.5  # what a run spends beyond the timed steps (data, evaluation, bookkeeping): the range's top
+TIME_PER_POINT = 0.15  # seconds of timed steps per (model, batch size) beyond the minimum repeats
 
 
 @dataclass
@@ -117,6 +125,8 @@ class Entry:
     note: str = ""
     seconds: float | None = None
     planned: bool = False  # its plugin listed its work through plan()
+    low: float | None = None  # the range of ``seconds`` (see Throughput)
+    high: float | None = None
 
 
 @dataclass
@@ -128,6 +138,10 @@ class Plan:
     throughput: dict[str, dict[str, float]]  # model -> {batch: seconds per training step}
     seconds: float  # estimated time of everything not cached (known parts)
     unknown: list[str]  # entries to compute whose cost is unknown
+    low: float = 0.0  # the range of ``seconds``: fastest measured steps ...
+    high: float = 0.0  # ... to upper-quartile steps, times the overhead the steps do not include
+    threads: dict[str, Any] = field(default_factory=dict)  # the thread budget the steps were measured with
+    startup: float = 0.0  # starting Python, importing torch, loading the data: the run pays it too (CLI only)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,7 +154,7 @@ class Plan:
         modelled."""
         import math
 
-        total = 0.0
+        total = self.startup
         for entry in self.entries:
             if entry.status != "to compute" or entry.seconds is None:
                 continue
@@ -157,28 +171,89 @@ class Plan:
 
 
 class Throughput:
-    """Seconds per training step of each model, measured here on random inputs (a warm-up step, then 3)."""
+    """Seconds per training step of each model, measured here on random inputs.
+
+    Each model is warmed up once (a few steps, so one-time costs such as kernel selection and memory pools are
+    not timed) and each batch size again (one step); then steps are timed one by one, round-robin over all the
+    batch sizes the plan needs, at least ``MIN_REPEATS`` rounds and as many as fit in ``TIME_PER_POINT``
+    seconds per point (at most ``MAX_REPEATS``). The estimate uses the median; the range uses the fastest step
+    (``low``) and the upper quartile (``high``), so one step that another job on the machine delayed neither
+    inflates the estimate nor hides in it.
+    """
 
     def __init__(self, models: dict[str, Any], input_shape: tuple[int, ...], num_classes: int, device: str,
                  measure: bool = True):
         self.models, self.input_shape, self.num_classes, self.device = models, input_shape, num_classes, device
         self.measure = measure
-        self.measured: dict[str, dict[str, float]] = {}
+        self.measured: dict[str, dict[str, float]] = {}  # model -> {batch: median seconds per step}
+        self.spread: dict[str, dict[str, tuple[float, float]]] = {}  # model -> {batch: (fastest, upper quartile)}
+        self._warm: set[str] = set()
 
     def step(self, model: str, batch: int) -> float | None:
+        """Median seconds of one training step of ``model`` on ``batch`` examples."""
+        got = self.step_range(model, batch)
+        return None if got is None else got[1]
+
+    def step_range(self, model: str, batch: int) -> tuple[float, float, float] | None:
+        """(fastest, median, upper quartile) seconds of one training step, scaled linearly above the measured
+        batch sizes."""
         if not self.measure or model not in self.models or batch <= 0:
             return None
         b = min(batch, MEASURE_BATCH_MAX)
-        table = self.measured.setdefault(model, {})
-        if str(b) not in table:
-            table[str(b)] = self._time(model, b)
-        return table[str(b)] * batch / b
+        if str(b) not in self.measured.get(model, {}):
+            self.measure_all([(model, b)])
+        scale = batch / b
+        low, high = self.spread[model][str(b)]
+        return low * scale, self.measured[model][str(b)] * scale, high * scale
 
-    def _time(self, model: str, batch: int) -> float:
+    def measure_all(self, points: Any) -> None:
+        """Time training steps at every ``(model, batch)`` in ``points`` not timed yet, round-robin.
+
+        Every round times one step of each point, so a load that comes and goes on a shared machine slows all
+        points alike instead of making one batch size look slower than a larger one. Afterwards a smaller batch
+        of a model never costs more than a larger one (the larger batch's time is the better-sampled bound).
+        """
+        import time
+
+        wanted = sorted({(m, min(b, MEASURE_BATCH_MAX)) for m, b in points
+                         if self.measure and m in self.models and b > 0
+                         and str(min(b, MEASURE_BATCH_MAX)) not in self.measured.get(m, {})})
+        if not wanted:
+            return
+        from .timing import timed
+
+        steps = {point: self._step_fn(*point) for point in wanted}
+        for model, batch in wanted:  # one-time costs (allocator, kernel choice) are never timed
+            for _ in range(WARMUP_STEPS if model not in self._warm else 1):
+                steps[model, batch]()
+            self._warm.add(model)
+        samples: dict[tuple[str, int], list[float]] = {point: [] for point in wanted}
+        start = time.perf_counter()
+        rounds = 0
+        while rounds < MAX_REPEATS and (rounds < MIN_REPEATS
+                                        or time.perf_counter() - start < TIME_PER_POINT * len(wanted)):
+            for point in wanted:
+                samples[point].append(timed(steps[point], self.device))
+            rounds += 1
+        for (model, batch), got in samples.items():
+            got.sort()
+            self.measured.setdefault(model, {})[str(batch)] = _quantile(got, 0.5)
+            self.spread.setdefault(model, {})[str(batch)] = (got[0], _quantile(got, 0.75))
+        for model in {m for m, _ in wanted}:
+            table, spread = self.measured[model], self.spread[model]
+            cap: tuple[float, float, float] | None = None
+            for b in sorted(table, key=int, reverse=True):
+                low, high = spread[b]
+                if cap is not None:
+                    low, mid, high = min(low, cap[0]), min(table[b], cap[1]), min(high, cap[2])
+                    table[b], spread[b] = mid, (low, high)
+                cap = (spread[b][0], table[b], spread[b][1])
+
+    def _step_fn(self, model: str, batch: int) -> Any:
+        """One SGD training step of a fresh ``model`` on a random batch of ``batch`` examples."""
         import torch
 
         from .rng import seeded_init
-        from .timing import timed
         from .training import loss_fn
 
         with seeded_init(0, "plan:throughput"):
@@ -194,24 +269,34 @@ class Throughput:
             loss.backward()
             opt.step()
 
-        one()
-        return timed(lambda: [one() for _ in range(3)], self.device) / 3
+        return one
 
     def estimate(self, item: PlanItem) -> float | None:
+        got = self.estimate_range(item)
+        return None if got is None else got[1]
+
+    def estimate_range(self, item: PlanItem) -> tuple[float, float, float] | None:
+        """(low, estimate, high) seconds of ``item``: its plugin's own figure, or from measured steps."""
         if item.seconds is not None:
-            return item.seconds
+            return item.seconds, item.seconds, item.seconds
         if item.model is None:
             return None
-        if item.kind == "train":
-            step = self.step(item.model, item.batch)
-            return None if step is None else step * item.steps * item.count
-        if item.kind == "forward":
-            step = self.step(item.model, item.batch)
-            return None if step is None else step / 3 * item.steps * item.count
-        if item.kind == "hvp":
-            step = self.step(item.model, item.batch)
-            return None if step is None else 2 * step * item.steps * item.count
-        return None
+        factor = {"train": 1.0, "forward": 1 / 3, "hvp": 2.0}.get(item.kind)
+        if factor is None:
+            return None
+        step = self.step_range(item.model, item.batch)
+        if step is None:
+            return None
+        n = factor * item.steps * item.count
+        return step[0] * n, step[1] * n, step[2] * n
+
+
+def _quantile(sorted_samples: list[float], q: float) -> float:
+    """The ``q`` quantile of sorted samples, interpolated linearly."""
+    pos = q * (len(sorted_samples) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_samples) - 1)
+    return sorted_samples[lo] + (sorted_samples[hi] - sorted_samples[lo]) * (pos - lo)
 
 
 def _plugin_items(plugin: Any, *args: Any) -> list[PlanItem] | None:
@@ -221,8 +306,47 @@ def _plugin_items(plugin: Any, *args: Any) -> list[PlanItem] | None:
     return list(method(*args))
 
 
-def plan_study(spec: Spec, measure: bool = True) -> Plan:
-    """What ``ddprobe run`` would do for ``spec``, without training or writing anything (see module doc)."""
+def plan_study(spec: Spec, measure: bool = True, threads: int | str | None = None,
+               count_startup: bool = False) -> Plan:
+    """What ``ddprobe run`` would do for ``spec``, without training or writing anything (see module doc).
+
+    Steps are timed with the thread budget the run would use (``threads`` overrides ``[study] threads``).
+    ``count_startup`` (the CLI sets it) adds what this process spent before timing steps: starting Python,
+    importing torch, loading the data and looking up the cache, which a ``ddprobe run`` process pays too.
+    """
+    import torch
+
+    from . import threads as threads_mod
+
+    before = torch.get_num_threads()
+    budget = threads_mod.configure(threads if threads is not None else spec.study.threads)
+    try:
+        plan = _plan_study(spec, measure, budget)
+    finally:
+        threads_mod.set_torch_threads(before)
+    if count_startup and plan.entries and any(e.status == "to compute" for e in plan.entries):
+        plan.seconds += plan.startup
+        plan.low += plan.startup
+        plan.high += plan.startup * OVERHEAD
+    else:
+        plan.startup = 0.0
+    return plan
+
+
+def process_seconds() -> float:
+    """Seconds since this process started (Linux ``/proc``; 0.0 where that is not available)."""
+    import os
+    from pathlib import Path
+
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of proc(5): starttime in clock ticks
+        return max(0.0, float(Path("/proc/uptime").read_text().split()[0]) - started)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0
+
+
+def _plan_study(spec: Spec, measure: bool, budget: Any) -> Plan:
     from .context import StudyContext, resolve_device
     from .plugins import load_plugins
     from .progress import Progress
@@ -256,7 +380,8 @@ def plan_study(spec: Spec, measure: bool = True) -> Plan:
             entries.append(Entry("distilled", d.name, d.distiller or "import", "unknown", note=note))
         for p in spec.probes:
             entries.append(Entry("probe", p.id, p.kind, "unknown", note=note))
-        return Plan(spec.study.name, device, str(cache.root), entries, {}, 0.0, [e.name for e in entries])
+        return Plan(spec.study.name, device, str(cache.root), entries, {}, 0.0, [e.name for e in entries],
+                    threads=budget.to_dict())
     dkey = data_key(spec, real)
     pctx = PlanContext(spec.study.seed, real, spec.models, spec.train, spec.pretrain, cache, dkey, device)
     quiet = Progress(enabled=False)
@@ -316,8 +441,12 @@ def plan_study(spec: Spec, measure: bool = True) -> Plan:
         entries.append(Entry("probe", probe.id, probe.kind, "to compute", items or [], note=note,
                              planned=items is not None))
 
+    startup = process_seconds()
     throughput = Throughput(spec.models, real.input_shape, real.num_classes, device, measure)
-    total, unknown = 0.0, []
+    throughput.measure_all((i.model, i.batch) for e in entries if e.status == "to compute" for i in e.items
+                           if i.model is not None and i.seconds is None and not i.cached
+                           and i.kind in ("train", "forward", "hvp"))
+    total, low, high, unknown = 0.0, 0.0, 0.0, []
     seen: set[str] = set()
     for entry in entries:
         if entry.status != "to compute" or entry.seconds is not None:
@@ -326,16 +455,19 @@ def plan_study(spec: Spec, measure: bool = True) -> Plan:
             if item.key is not None and not item.cached:
                 item.shared = item.key in seen
                 seen.add(item.key)
-        known = [0.0 if i.shared else throughput.estimate(i) for i in entry.items if not i.cached]
+        ranges = [(0.0, 0.0, 0.0) if i.shared else throughput.estimate_range(i) for i in entry.items if not i.cached]
         for item in entry.items:
             if not item.cached:
                 item.seconds = 0.0 if item.shared else throughput.estimate(item)
-        if entry.planned and all(s is not None for s in known):
-            entry.seconds = float(sum(known))  # type: ignore[arg-type]
-            total += entry.seconds
+        if entry.planned and all(r is not None for r in ranges):
+            entry.low = float(sum(r[0] for r in ranges))  # type: ignore[index]
+            entry.seconds = float(sum(r[1] for r in ranges))  # type: ignore[index]
+            entry.high = float(sum(r[2] for r in ranges)) * OVERHEAD  # type: ignore[index]
+            total, low, high = total + entry.seconds, low + entry.low, high + entry.high
         else:
             unknown.append(entry.name)
-    return Plan(spec.study.name, device, str(cache.root), entries, throughput.measured, total, unknown)
+    return Plan(spec.study.name, device, str(cache.root), entries, throughput.measured, total, unknown, low, high,
+                budget.to_dict(), startup)
 
 
 def human_seconds(seconds: float | None) -> str:
@@ -350,6 +482,14 @@ def human_seconds(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def human_range(seconds: float | None, low: float | None, high: float | None) -> str:
+    """``"33 s (25 s - 50 s)"``: an estimate with its range, or just the estimate when the range is empty."""
+    text = human_seconds(seconds)
+    if seconds is None or low is None or high is None or high <= 0 or human_seconds(low) == human_seconds(high):
+        return text
+    return f"{text} ({human_seconds(low)} - {human_seconds(high)})"
+
+
 def describe(item: PlanItem) -> str:
     if item.kind == "train":
         text = f"{item.what}: {item.steps} steps x batch {item.batch}"
@@ -362,4 +502,4 @@ def describe(item: PlanItem) -> str:
     return text + (" [cached]" if item.cached else " [shared: made above]" if item.shared else "")
 
 
-__all__ = ["PlanItem", "PlanContext", "Plan", "Entry", "plan_study", "human_seconds", "describe"]
+__all__ = ["PlanItem", "PlanContext", "Plan", "Entry", "plan_study", "human_seconds", "human_range", "describe"]

@@ -100,7 +100,7 @@ class ProbeRecord:
 
     id: str
     kind: str
-    status: str  # "ok" | "error"
+    status: str  # "ok" | "error" | "interrupted"
     seconds: float
     result: ProbeResult
     checks: list[Check] = field(default_factory=list)
@@ -149,6 +149,7 @@ class StudyResults:
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # e.g. a plugin's lifecycle hook that raised (no exit code)
+    interrupted: bool = False  # stopped by Ctrl-C or SIGTERM: a partial record of what finished
 
     @property
     def findings(self) -> list[Finding]:
@@ -159,7 +160,9 @@ class StudyResults:
 
     @property
     def exit_code(self) -> int:
-        """0 all ran and held; 1 an expectation failed; 3 a probe or distiller raised."""
+        """0 all ran and held; 1 an expectation failed; 3 a probe or distiller raised; 130 interrupted."""
+        if self.interrupted:
+            return 130
         if self.errors or any(p.status != "ok" for p in self.probes) or any(
             d.status != "ok" for d in self.distilled.values()
         ):

@@ -7,7 +7,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -74,6 +74,9 @@ class StudySection(BaseModel):
         "processes", description="where bags of independent work run: serial | processes ([study] workers local "
                                  "processes; serial when workers = 1) | ray (needs ddprobe[ray]; see [study.ray])")
     ray: RaySection = Field(default_factory=lambda: RaySection(), description="Ray options (executor = 'ray')")
+    threads: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
+        "auto", description="CPU threads for all processes together; auto = the cores this process may use "
+                            "(affinity, cgroup quota, OMP_NUM_THREADS); ddprobe run --threads overrides it")
 
 
 class ReportSection(BaseModel):

@@ -10,6 +10,8 @@ import signal
 import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +50,17 @@ def _plain(text: str) -> str:
     from rich.markup import escape
 
     return escape(text)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM while the distilled sets were being made: what was made so far travels with it."""
+
+    def __init__(self, records: dict[str, DistilledRecord], errors: list[str], device: str, cache: Cache):
+        super().__init__()
+        self.records, self.errors, self.device, self.cache = records, errors, device, cache
+
+
+INTERRUPTED = "interrupted before it finished (Ctrl-C or SIGTERM); rerun the same command to resume"
 
 
 def _say(console: Any, text: str) -> None:
@@ -258,6 +271,9 @@ def _load_probe(ctx: StudyContext, key: str, probe: ProbeSpec) -> ProbeRecord | 
     return ProbeRecord(probe.id, probe.kind, "ok", data["seconds"], result, cached=True)
 
 
+_terminated = False  # SIGTERM arrived during run_study (see _signals_interrupt)
+
+
 class _InterruptWatch:
     """Tells the user's Ctrl-C from a ``KeyboardInterrupt`` that a plugin raised itself.
 
@@ -304,7 +320,7 @@ class _InterruptWatch:
             return False
         if exc is not self.raised:  # raised after the plugin's code returned (saving its result): not the plugin's
             return True
-        return self.signalled or (self.main_thread and not self.installed)
+        return self.signalled or _terminated or (self.main_thread and not self.installed)
 
 
 def _failure(exc: BaseException) -> str:
@@ -354,6 +370,8 @@ def run_probe(study: Study, probe: ProbeSpec, use_cache: bool = True) -> ProbeRe
             _store_probe(ctx, key, record)
         except BaseException as exc:  # isolation: a plugin's sys.exit must not end the study
             if watch.from_user(exc):
+                guard.release()
+                ctx.probe_id = ""
                 raise
             record = ProbeRecord(probe.id, probe.kind, "error", time.perf_counter() - start, ProbeResult(),
                                  error=_failure(exc), traceback=traceback.format_exc())
@@ -442,6 +460,12 @@ def prepare(spec: Spec, output_dir: Path, no_cache: bool = False, console: Any =
         start = time.perf_counter()
         try:
             ds, cached = build_distilled(spec, dspec, real, cache, device, dkey, progress)
+        except KeyboardInterrupt:
+            records[dspec.name] = DistilledRecord(dspec.name, dspec.distiller, dspec.ipc, 0, "",
+                                                  time.perf_counter() - start,
+                                                  str(dspec.path) if dspec.path else None, control, "interrupted",
+                                                  INTERRUPTED)
+            raise Interrupted(records, errors, device, cache) from None
         except Exception as exc:
             if isinstance(exc, InputMutatedError):  # the next sets and the probes get the real data unchanged
                 real = load_real(spec)
@@ -478,9 +502,16 @@ def prepare(spec: Spec, output_dir: Path, no_cache: bool = False, console: Any =
 
 def run_study(spec: Spec | str | Path, output_dir: str | Path | None = None, only: list[str] | None = None,
               no_cache: bool = False, console: Any = None, progress: bool = False,
-              reporters: list[str] | None = None) -> StudyResults:
-    """Run a study end to end and write its reports. Returns the results; ``results.exit_code`` for CI."""
+              reporters: list[str] | None = None, threads: int | str | None = None) -> StudyResults:
+    """Run a study end to end and write its reports. Returns the results; ``results.exit_code`` for CI.
+
+    ``threads`` overrides ``[study] threads`` (see :mod:`ddprobe.threads`). Ctrl-C or SIGTERM stops the run
+    within seconds (worker processes included): what finished stays in the cache, the reports of what finished
+    are written with the interrupted set or probe marked ``interrupted``, and ``results.interrupted`` is set
+    (exit code 130). Rerunning the same study resumes from the cache.
+    """
     from . import registry
+    from . import threads as threads_mod
     from .spec import load_spec
 
     if not hasattr(spec, "probes"):
@@ -501,33 +532,58 @@ def run_study(spec: Spec | str | Path, output_dir: str | Path | None = None, onl
         console = Console(stderr=True, highlight=False)
     live = progress and console is not None and (console.is_terminal or console.is_jupyter)
     bar = Progress(enabled=live, console=console)
+    import torch
+
+    threads_before = torch.get_num_threads()
+    budget = threads_mod.configure(threads if threads is not None else spec.study.threads)
     started = time.perf_counter()
-    study = prepare(spec, out, no_cache=no_cache, console=console, progress=bar)
-    draw_distilled(study)
-    notify(study, "study_started", study=study)
-    selected = [p for p in spec.probes if not only or p.id in only]
-    overall = StudyProgress(len(selected), bar, console if progress and not live else None)
-    try:
-        for n, probe in enumerate(selected):
-            with overall.probe(n, probe.id):
-                record = run_probe(study, probe, use_cache=not no_cache)
-            study.records.append(record)
-            if record.status != "ok":
-                _say(console, f"[red]probe {_plain(probe.id)} failed:[/red] {_plain(record.error or '')}")
-            notify(study, "probe_finished", study=study, probe=probe, result=record)
-    finally:
-        study.context.executor.close()  # a local Ray instance this run started; nothing for the others
+    study: Study | None = None
+    interrupted = False
+    with _signals_interrupt():
+        try:
+            study = prepare(spec, out, no_cache=no_cache, console=console, progress=bar)
+            draw_distilled(study)
+            notify(study, "study_started", study=study)
+            selected = [p for p in spec.probes if not only or p.id in only]
+            overall = StudyProgress(len(selected), bar, console if progress and not live else None)
+            for n, probe in enumerate(selected):
+                with overall.probe(n, probe.id):
+                    try:
+                        record = run_probe(study, probe, use_cache=not no_cache)
+                    except KeyboardInterrupt:
+                        interrupted = True
+                        study.records.append(ProbeRecord(probe.id, probe.kind, "interrupted", 0.0, ProbeResult(),
+                                                         error=INTERRUPTED))
+                        break
+                study.records.append(record)
+                if record.status != "ok":
+                    _say(console, f"[red]probe {_plain(probe.id)} failed:[/red] {_plain(record.error or '')}")
+                notify(study, "probe_finished", study=study, probe=probe, result=record)
+        except Interrupted as stop:
+            interrupted = True
+            device, cache, distilled, errors = stop.device, stop.cache, stop.records, stop.errors
+        except KeyboardInterrupt:
+            if study is None:  # before any set was made: nothing to report
+                raise
+            interrupted = True  # in a lifecycle hook: the probes so far are reported
+        finally:
+            threads_mod.set_torch_threads(threads_before)
+            if study is not None:
+                study.context.executor.close()  # a local Ray instance this run started; nothing for the others
+    if study is not None:
+        device, cache, distilled, errors = study.context.device, study.context.cache, study.distilled, study.errors
     results = StudyResults(
         name=spec.study.name, seed=spec.study.seed, spec_sha256=spec.sha256,
-        spec_path=str(spec.path) if spec.path else None,
-        provenance=provenance(study.context.device, study.context.cache),
-        distilled=study.distilled, probes=study.records, output_dir=out, errors=study.errors,
-        warnings=study.warnings,
+        spec_path=str(spec.path) if spec.path else None, provenance=provenance(device, cache),
+        distilled=distilled, probes=study.records if study is not None else [], output_dir=out, errors=errors,
+        warnings=study.warnings if study is not None else [], interrupted=interrupted,
     )
     results.seconds = time.perf_counter() - started
-    results.provenance["cache"] = study.context.cache.stats()
-    results.provenance["cache_warnings"] = list(study.context.cache.warnings)
-    notify(study, "study_finished", study=study, results=results)
+    results.provenance["cache"] = cache.stats()
+    results.provenance["cache_warnings"] = list(cache.warnings)
+    results.provenance["threads"] = budget.to_dict()
+    if study is not None and not interrupted:
+        notify(study, "study_finished", study=study, results=results)
     write_tables(results)
     remove_stale_files(results)
     for fmt in reporters if reporters is not None else spec.report.formats:
@@ -537,6 +593,27 @@ def run_study(spec: Spec | str | Path, output_dir: str | Path | None = None, onl
             results.errors.append(f"reporter {fmt!r}: {type(exc).__name__}: {exc}")
             _say(console, f"[red]reporter {fmt} failed:[/red] {_plain(str(exc))}")
     return results
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM (what ``timeout`` and schedulers send) stops a study the way Ctrl-C does, in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        global _terminated
+        _terminated = True  # a probe's interrupt watch takes it for the user's, like a real Ctrl-C
+        raise KeyboardInterrupt
+
+    global _terminated
+    _terminated = False
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def write_tables(results: StudyResults) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config):
+    # Subprocesses a test starts (ddprobe run, worker pools started with spawn) run one thread each unless the
+    # caller chose otherwise: several of them share the cores, and oversubscribed OpenMP threads spin.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
     import torch
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from pydantic import BaseModel, ConfigDict
 from typer.testing import CliRunner
@@ -201,6 +202,43 @@ def test_every_builtin_in_the_default_study_plans_its_work():
         if entry.status == "to compute" and entry.note != "instant":
             assert entry.planned and entry.items, entry.name
     assert plan.unknown == []
-    assert 5 < plan.seconds < 3600  # minutes, not hours: the default study is a quick one
+    assert 0 < plan.low <= plan.seconds <= plan.high  # an estimate with its range (its size depends on the machine)
+    for model, steps in plan.throughput.items():  # a larger batch never looks cheaper than a smaller one
+        medians = [steps[b] for b in sorted(steps, key=int)]
+        assert medians == sorted(medians), (model, steps)
     influence = next(e for e in plan.entries if e.kind == "influence")
     assert influence.items[0].count == 3 * (10 + 2)  # 3 inits x (10 leave-one-out + full + noise floor)
+
+
+def test_one_delayed_step_does_not_make_the_estimate(monkeypatch, digits):
+    """A step another job delayed (the first timed one here) moves neither the median nor the fastest step."""
+    from ddprobe import registry, timing
+    from ddprobe.context import ModelSpec
+    from ddprobe.plan import PlanItem, Throughput
+
+    calls = []
+
+    def fake_timed(fn, device):
+        calls.append(1)
+        return 0.662 if len(calls) == 1 else 0.0004 + 0.0001 * (len(calls) % 2)
+
+    monkeypatch.setattr(timing, "timed", fake_timed)
+    plugin = registry.get_model("mlp")
+    models = {"mlp": ModelSpec("mlp", "mlp", plugin.Options(hidden=8), plugin)}
+    throughput = Throughput(models, digits.input_shape, digits.num_classes, "cpu")
+    low, mid, high = throughput.step_range("mlp", 30)
+    assert len(calls) >= 5  # several repeats, not one
+    assert low == pytest.approx(0.0004) and mid <= 0.0005 and high <= 0.0005
+    low, mid, high = throughput.estimate_range(PlanItem("x", "train", "mlp", steps=100, batch=30, count=2))
+    assert mid == pytest.approx(200 * throughput.measured["mlp"]["30"]) and low <= mid <= high
+    hvp = throughput.estimate_range(PlanItem("x", "hvp", "mlp", steps=10, batch=30))
+    assert hvp[1] == pytest.approx(20 * mid / 200)  # a Hessian-vector product costs two training steps
+
+
+def test_human_range():
+    from ddprobe.plan import human_range
+
+    assert human_range(33.0, 25.0, 50.0) == "33 s (25 s - 50 s)"
+    assert human_range(600.0, 400.0, 1300.0) == "10 min (7 min - 22 min)"
+    assert human_range(0.2, 0.1, 0.3) == "<1 s"
+    assert human_range(None, None, None) == "?"

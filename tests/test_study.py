@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
 from ddprobe.spec import load_spec
@@ -189,9 +188,17 @@ def test_new_probe_reuses_trained_models(tmp_path):
 
 
 def test_interrupted_study_resumes(tmp_path):
+    import jsonschema
+
     path = make_spec(tmp_path, extra='[[probe]]\nkind = "interrupt"')
-    with pytest.raises(KeyboardInterrupt):
-        run(path)
+    stopped = run(path)  # Ctrl-C in the third probe: a partial report of the two that finished, pixels never ran
+    assert stopped.interrupted and stopped.exit_code == 130
+    assert [(p.id, p.status) for p in stopped.probes] == [
+        ("evaluate", "ok"), ("recognition", "ok"), ("interrupt", "interrupted")]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    schema = json.loads((Path(__file__).parents[1] / "ddprobe/report/report.schema.json").read_text())
+    jsonschema.validate(report, schema)
+    assert report["interrupted"] and report["probes"][2]["status"] == "interrupted"
     path.write_text(path.read_text().replace('[[probe]]\nkind = "interrupt"', ""))
     results = run(path)
     cached = {p.id: p.cached for p in results.probes}

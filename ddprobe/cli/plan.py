@@ -18,6 +18,8 @@ def plan_command(
     workers: int | None = typer.Option(None, "--workers", min=1,
                                        help="Also estimate with N tasks at once (processes or Ray workers; "
                                             "default: [study] workers)"),
+    threads: str | None = typer.Option(None, "--threads", help="time steps with this thread budget (auto or N), "
+                                       "as `ddprobe run --threads` would run them"),
 ) -> None:
     """Dry run: what a study would compute, what is cached, and an estimate of the time it takes here.
 
@@ -25,8 +27,13 @@ def plan_command(
     plugins describe through plan(), and an estimate from training steps timed on this machine. Trains nothing
     and writes nothing.
     """
+    from ..threads import prefer_passive_waits
+    from .run import parse_threads
+
+    prefer_passive_waits()  # before torch is imported, as `ddprobe run` does
+    wanted = parse_threads(threads)
     from ..errors import DDProbeError, SpecError
-    from ..plan import describe, human_seconds, plan_study
+    from ..plan import describe, human_range, human_seconds, plan_study
     from ..spec import load_spec
     from ..spec_checks import device_problem
 
@@ -35,7 +42,7 @@ def plan_command(
         problem = device_problem(parsed.study.device)
         if problem is not None:
             raise SpecError(problem, file=str(spec))
-        plan = plan_study(parsed, measure=not no_measure)
+        plan = plan_study(parsed, measure=not no_measure, threads=wanted, count_startup=True)
     except (SpecError, DDProbeError) as exc:
         raise fail(str(exc), 2) from None
     n = workers or parsed.study.workers
@@ -58,15 +65,19 @@ def plan_command(
             work = "\n".join(describe(i) for i in e.items) or e.note
             if e.items and e.note:
                 work += f"\n{e.note}"
-            estimate = "" if e.status != "to compute" else human_seconds(e.seconds)
+            estimate = "" if e.status != "to compute" else human_range(e.seconds, e.low, e.high)
             table.add_row(e.name, e.kind, f"[{style.get(e.status, '')}]{e.status}[/]", escape(work), estimate)
         console.print(table)
     for model, steps in plan.throughput.items():
-        shown = ", ".join(f"{float(s) * 1000:.1f} ms at batch {b}" for b, s in steps.items())
-        console.print(f"[dim]measured training step of {model}: {shown}[/dim]")
+        shown = ", ".join(f"{float(steps[b]) * 1000:.1f} ms at batch {b}" for b in sorted(steps, key=int))
+        console.print(f"[dim]measured training step of {model} (median): {shown}[/dim]")
+    if plan.threads:
+        console.print(f"[dim]timed with {plan.threads['threads']} thread(s): {plan.threads['reason']}[/dim]")
     todo = sum(1 for e in plan.entries if e.status == "to compute")
     line = f"{todo} to compute, {sum(1 for e in plan.entries if e.status == 'cached')} cached; "
-    line += f"estimated time: {human_seconds(plan.seconds)}"
+    line += f"estimated time: {human_range(plan.seconds, plan.low, plan.high)}"
+    if plan.startup:
+        line += f" (of which {human_seconds(plan.startup)} starting up and loading the data)"
     if plan.unknown:
         line += f" + unknown for {', '.join(plan.unknown)}"
     console.print(line)

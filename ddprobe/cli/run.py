@@ -15,6 +15,23 @@ def _console():
     return Console(highlight=False)
 
 
+RESUME = "interrupted: everything that finished is cached and the partial report is in {out}; " \
+         "run the same command again to resume"
+
+
+def parse_threads(value: str | None) -> int | str | None:
+    """``--threads``: ``auto`` or a positive integer (exit 2 otherwise)."""
+    if value is None or value == "auto":
+        return value
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise fail(f"--threads {value}: expected 'auto' or a positive integer", 2)
+    return threads
+
+
 @app.command()
 def run(
     spec: Path = typer.Argument(..., metavar="SPEC", help="Study spec (TOML), e.g. specs/study.toml"),
@@ -33,8 +50,18 @@ def run(
     open_report: bool = typer.Option(False, "--open", help="Open report.html in the web browser when done"),
     executor: str | None = typer.Option(None, "--executor", metavar="NAME",
                                         help="serial, processes or ray (same as --set study.executor=...)"),
+    threads: str | None = typer.Option(None, "--threads", metavar="N",
+                                       help="CPU threads for all processes together: auto (the cores this process "
+                                            "may use) or N; overrides [study] threads"),
 ) -> None:
-    """Run a study: build the distilled sets, run every probe, write reports; exit 1 if an expectation fails."""
+    """Run a study: build the distilled sets, run every probe, write reports; exit 1 if an expectation fails.
+
+    Ctrl-C (or SIGTERM) stops within seconds and writes a partial report (exit 130); rerun to resume.
+    """
+    from ..threads import prefer_passive_waits
+
+    prefer_passive_waits()  # before torch is imported, or it has no effect
+    wanted = parse_threads(threads)
     from ..errors import DDProbeError, SpecError
     from ..report.console import print_report, status_line
     from ..spec import load_spec
@@ -48,16 +75,18 @@ def run(
     try:
         parsed = load_spec(spec, overrides=assignments)
         results = run_study(parsed, output, only=only, no_cache=no_cache, console=None if quiet else console,
-                            progress=not quiet)
+                            progress=not quiet, threads=wanted)
     except SpecError as exc:
         raise fail(str(exc), 2) from None
     except DDProbeError as exc:
         raise fail(str(exc), 2) from None
-    if quiet:
+    if quiet or results.interrupted:
         console.print(status_line(results), soft_wrap=True)
     else:
         print_report(results, console)
-    if open_report:
+    if results.interrupted:
+        typer.echo(RESUME.format(out=results.output_dir), err=True)
+    elif open_report:
         open_in_browser(results.output_dir / "report.html", console)
     raise typer.Exit(results.exit_code)
 
@@ -102,6 +131,9 @@ def distill(
     no_cache: bool = typer.Option(False, "--no-cache", help="Distill again even when a cached set exists"),
 ) -> None:
     """Build (or import) the spec's distilled sets and save each in ddprobe's format with a PNG grid."""
+    from ..threads import configure, prefer_passive_waits
+
+    prefer_passive_waits()  # before torch is imported, or it has no effect
     from ..data import save_distilled
     from ..errors import DDProbeError, SpecError
     from ..progress import Progress
@@ -112,10 +144,14 @@ def distill(
     console = _console()
     try:
         parsed = load_spec(spec)
+        configure(parsed.study.threads)
         out = output or Path("runs") / parsed.study.name / "distilled"
         study = prepare(parsed, out, no_cache=no_cache, console=console, progress=Progress(True, console))
     except (SpecError, DDProbeError) as exc:
         raise fail(str(exc), 2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the sets that finished are cached; run the same command again to resume", err=True)
+        raise typer.Exit(130) from None
     ctx = study.context
     for name, ds in ctx.distilled.items():
         path = save_distilled(ds, out / name)

@@ -49,6 +49,13 @@ def init_worker(threads: int) -> None:
 
 def _init_pool_worker(threads: int, fn: Callable[[Any, Any], Any], shared: Any) -> None:
     global _SHARED
+    # [threads] the parent terminates its pool on Ctrl-C or SIGTERM (_terminate). A forked worker must not keep the
+    # study's SIGTERM handler (it would turn terminate() into a KeyboardInterrupt the pool survives), and ignores
+    # the SIGINT a terminal sends to the whole process group.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     init_worker(threads)
     _SHARED = (fn, shared)
 
@@ -82,6 +89,9 @@ def process_map(fn: Callable[[Any, Any], Any], items: Iterable[Any], *, workers:
     With ``workers <= 1`` everything runs in the calling process, in order, with no pickling.
     """
     items = list(items)
+    from ..threads import current
+
+    workers = current().workers(workers)  # [threads] never more worker processes than the thread budget
     if workers <= 1 or len(items) <= 1:
         out = []
         for i, item in enumerate(items):
@@ -222,6 +232,10 @@ def make_executor(kind: str = "processes", workers: int = 1, ray: Any = None) ->
     """
     if ray is not None and not isinstance(ray, RayOptions):
         ray = RayOptions(**(ray.model_dump() if hasattr(ray, "model_dump") else dict(ray)))
+    if kind == "processes":
+        from ..threads import current
+
+        workers = current().workers(workers)  # [threads] never more worker processes than the thread budget
     if kind == "serial" or (kind == "processes" and workers <= 1):
         return SerialExecutor()
     if kind == "processes":

@@ -36,7 +36,7 @@ def print_report(results: StudyResults, console: Any) -> None:
     for col in ("set", "made by", "ipc", "images", "time", "status"):
         sets.add_column(col, justify="left" if col in ("set", "made by", "status") else "right")
     for name, d in results.distilled.items():
-        status = "[green]ok[/green]" if d.status == "ok" else f"[red]error[/red] {escape(d.error or '')}"
+        status = "[green]ok[/green]" if d.status == "ok" else f"[red]{d.status}[/red] {escape(d.error or '')}"
         sets.add_row(escape(name) + (" [dim](control)[/dim]" if d.control else ""),
                      escape(str(d.distiller or d.source or "")), fmt(d.ipc), fmt(d.images), fmt_seconds(d.seconds),
                      status)
@@ -50,7 +50,7 @@ def print_report(results: StudyResults, console: Any) -> None:
             took = fmt_seconds(p.seconds)
         head = f"[bold]{escape(p.id)}[/bold] [dim]({escape(p.kind)}, {took})[/dim]"
         if p.status != "ok":
-            console.print(f"{head}  [red]error:[/red] {escape(p.error or '')}")
+            console.print(f"{head}  [red]{p.status}:[/red] {escape(p.error or '')}")
             continue
         matrices, rest = metric_matrices(p.result.metrics, names)
         console.print(head)

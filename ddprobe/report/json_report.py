@@ -53,6 +53,7 @@ def to_dict(results: StudyResults) -> dict[str, Any]:
         "warnings": results.warnings,
         "exit_code": results.exit_code,
         "status": results.status,
+        "interrupted": results.interrupted,
         "seconds": round(results.seconds, 3),
     }
 

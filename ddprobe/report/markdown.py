@@ -29,7 +29,7 @@ def render(results: StudyResults) -> str:
         lines.append(f"- FAILED {pid}: `{c['metric']} {c['op']} {fmt(c['threshold'])}` — {got}")
     for p in data["probes"]:
         if p["status"] != "ok":
-            lines.append(f"- probe {p['id']} failed: `{p['error']}`")
+            lines.append(f"- probe {p['id']} {'failed' if p['status'] == 'error' else p['status']}: `{p['error']}`")
     lines += [f"- error: {err}" for err in data["errors"]]
     lines += [f"- warning: {warning}" for warning in data.get("warnings", [])]
     lines += ["", f"seed {results.seed} · {data['provenance'].get('device')} · torch "
@@ -54,7 +54,7 @@ def render(results: StudyResults) -> str:
             took = f"computed in {fmt_seconds(p['seconds'])}"
         lines += [f"_{took}_", ""]
         if p["status"] != "ok":
-            lines += [f"**error**: `{p['error']}`"]
+            lines += [f"**{p['status']}**: `{p['error']}`"]
             continue
         if p["summary"]:
             lines += [p["summary"], ""]
