@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/bench_plan.py specs/ci-gate.toml specs/study.toml --cap 300
 
-For each spec, in a fresh cache: ``ddprobe plan SPEC --json`` (timed), then ``ddprobe run SPEC --quiet`` (timed,
+For each spec, in a fresh cache: ``ddprobe plan SPEC --json`` (timed; its estimate for one process and, with
+``[study] workers``, the one with bags spread over the workers), then ``ddprobe run SPEC --quiet`` (timed,
 stopped after ``--cap`` seconds). Prints one markdown row per spec with the load average seen before each step
 (``os.getloadavg``: on a shared machine it includes other users' jobs, which the plan cannot foresee).
 """
@@ -42,9 +43,9 @@ def main() -> None:
     ap.add_argument("specs", nargs="+", type=Path)
     ap.add_argument("--cap", type=float, default=300.0, help="stop a run after this many seconds")
     opts = ap.parse_args()
-    print("| spec | load before plan | plan took (s) | estimate (s) | range (s) | load before run | cold run (s) |"
-          " actual / estimate |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| spec | load before plan | plan took (s) | estimate (s) | range (s) | with [study] workers (s) |"
+          " load before run | cold run (s) | actual / estimate | actual / with workers |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for spec in opts.specs:
         work = Path(tempfile.mkdtemp(prefix="bench-plan-"))
         (work / "study.toml").write_text(spec.read_text())
@@ -56,9 +57,12 @@ def main() -> None:
         actual, _ = timed_run([sys.executable, "-m", "ddprobe", "run", "study.toml", "--quiet", "-o", "out"], work,
                               env, opts.cap)
         ratio = f"{actual / plan['seconds']:.2f}" if actual and plan["seconds"] else "-"
+        with_workers = plan.get("seconds_with_workers") or plan["seconds"]
+        ratio_w = f"{actual / with_workers:.2f}" if actual and with_workers else "-"
         shown = f"{actual:.1f}" if actual else f"> {opts.cap:.0f} (stopped)"
         print(f"| {spec} | {load_plan:.1f} | {took:.1f} | {plan['seconds']:.1f} | {plan['low']:.1f} - "
-              f"{plan['high']:.1f} | {load_run:.1f} | {shown} | {ratio} |", flush=True)
+              f"{plan['high']:.1f} | {with_workers:.1f} ({plan.get('workers', 1)}) | {load_run:.1f} | {shown} | "
+              f"{ratio} | {ratio_w} |", flush=True)
 
 
 if __name__ == "__main__":

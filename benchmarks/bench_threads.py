@@ -110,7 +110,7 @@ def main() -> None:
     ap.add_argument("--busy", type=int, nargs="+", default=[0, 2])
     ap.add_argument("--cap", type=float, default=240.0, help="stop a case after this many seconds")
     ap.add_argument("--env", nargs="*", default=[], help="KEY=VALUE added to the case's environment")
-    ap.add_argument("--args", nargs="*", default=[], help="extra ddprobe arguments, e.g. --threads 1")
+    ap.add_argument("--args", nargs="*", default=[], help="extra ddprobe arguments, e.g. --args=--threads=1")
     opts = ap.parse_args()
     env_extra = dict(kv.split("=", 1) for kv in opts.env)
     for busy in opts.busy:

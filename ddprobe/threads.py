@@ -14,6 +14,10 @@ than the budget (``[study] workers = 4`` on 2 cores starts 2), and the main proc
 compute, uses the whole budget when it computes alone. On a 2-core machine with ``workers = 2`` that is one
 thread per worker.
 
+With ``auto`` the main process also leaves alone the cores other jobs keep busy when the run starts (the
+1-minute load average): on a 2-core machine with any other job running it computes with one thread, which cannot
+collapse the way several spinning threads do, and on a quiet machine with both.
+
 Why it matters: PyTorch's OpenMP threads spin while they wait for each other. When a process asks for more
 threads than there are free cores (another job on a shared machine, two workers with two threads each) a thread
 spins on a core that the thread it waits for needs, and a run gets 10-30x slower instead of 2x (docs/benchmarks.md,
@@ -133,13 +137,29 @@ def available_cores() -> tuple[int, str]:
     return cores, reason
 
 
-def decide(setting: int | str | None = "auto", environ: dict[str, str] | None = None) -> Budget:
-    """The budget for ``[study] threads`` = ``setting`` (``"auto"``/None or a positive number)."""
+def _load() -> float:
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return 0.0
+
+
+def decide(setting: int | str | None = "auto", environ: dict[str, str] | None = None,
+           load: float | None = None) -> Budget:
+    """The budget for ``[study] threads`` = ``setting`` (``"auto"``/None or a positive number).
+
+    ``auto`` also looks at the 1-minute load average (``load``, read when not given): cores that other jobs keep
+    busy are left to them, so the main process runs ``cores - round(load)`` threads (at least one).
+    """
     env = os.environ if environ is None else environ
     cores, reason = available_cores()
     omp = _positive_int(env.get("OMP_NUM_THREADS"))
     cap = omp if omp is not None and omp < cores else None
     note = f"; OMP_NUM_THREADS={omp} per process" if cap else ""
+    busy = int((_load() if load is None else load) + 0.5)
+    if setting in (None, "auto") and busy > 0 and cores - busy < (cap or cores):
+        cap = max(1, cores - busy)
+        note += f"; {cap} per process while other jobs keep {min(busy, cores)} busy (load average)"
     if setting not in (None, "auto"):
         asked = int(setting)
         if asked < 1:

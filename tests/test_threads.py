@@ -50,15 +50,27 @@ def test_cgroup_quotas_v2_and_v1(tmp_path):
 
 def test_auto_uses_every_core_and_omp_num_threads_caps_each_process(monkeypatch):
     fake_cores(monkeypatch, 2)
-    budget = threads.decide("auto", environ={})
+    budget = threads.decide("auto", environ={}, load=0.0)
     assert (budget.threads, budget.main, budget.workers(2), budget.workers(4)) == (2, 2, 2, 2)
-    budget = threads.decide("auto", environ={"OMP_NUM_THREADS": "1"})
+    budget = threads.decide("auto", environ={"OMP_NUM_THREADS": "1"}, load=0.0)
     assert (budget.threads, budget.main, budget.workers(2)) == (2, 1, 2)  # one thread per process, 2 processes
     assert "OMP_NUM_THREADS=1" in budget.reason
     fake_cores(monkeypatch, 8)
-    budget = threads.decide("auto", environ={"OMP_NUM_THREADS": "2"})
+    budget = threads.decide("auto", environ={"OMP_NUM_THREADS": "2"}, load=0.0)
     assert (budget.threads, budget.main) == (8, 2)  # 8 cores to share, OMP_NUM_THREADS says 2 per process
-    assert threads.decide(None, environ={"OMP_NUM_THREADS": "junk"}).threads == 8
+    assert threads.decide(None, environ={"OMP_NUM_THREADS": "junk"}, load=0.0).threads == 8
+
+
+def test_auto_leaves_the_cores_other_jobs_keep_busy(monkeypatch):
+    fake_cores(monkeypatch, 2)
+    assert threads.decide("auto", environ={}, load=0.3).main == 2  # quiet
+    busy = threads.decide("auto", environ={}, load=1.7)
+    assert (busy.threads, busy.main, busy.workers(2)) == (2, 1, 2) and "load average" in busy.reason
+    assert threads.decide("auto", environ={}, load=9.0).main == 1
+    fake_cores(monkeypatch, 8)
+    assert threads.decide("auto", environ={"OMP_NUM_THREADS": "2"}, load=3.2).main == 2
+    assert threads.decide("auto", environ={}, load=3.2).main == 5
+    assert threads.decide(4, environ={}, load=9.0).main == 4  # an explicit number is taken as it is
 
 
 def test_explicit_threads_are_capped_at_the_cores_and_cap_the_workers(monkeypatch):
@@ -81,6 +93,7 @@ def test_workers_run_one_thread_each_never_more_of_them_than_the_budget(monkeypa
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     try:
+        monkeypatch.setattr(threads, "_load", lambda: 0.0)
         budget = threads.configure("auto")
         assert torch.get_num_threads() == budget.main == 2
         assert process_map(_worker_threads, range(4), workers=2) == [(1, "1")] * 4
