@@ -77,6 +77,17 @@ def _terminate(pool: Any) -> None:
         proc.join(timeout=5)  # reaped now, not whenever the pool's manager thread gets to it
 
 
+def _map_here(fn: Callable[[Any, Any], Any], items: list[Any], shared: Any,
+              on_result: Callable[[int, Any], None] | None) -> list[Any]:
+    """``[fn(shared, item) for item in items]`` in this process, in order, reporting each result as it comes."""
+    out = []
+    for i, item in enumerate(items):
+        out.append(fn(shared, item))
+        if on_result is not None:
+            on_result(i, out[-1])
+    return out
+
+
 def process_map(fn: Callable[[Any, Any], Any], items: Iterable[Any], *, workers: int, shared: Any = None,
                 threads: int = 1, on_result: Callable[[int, Any], None] | None = None,
                 start_method: str | None = None) -> list[Any]:
@@ -93,12 +104,7 @@ def process_map(fn: Callable[[Any, Any], Any], items: Iterable[Any], *, workers:
 
     workers = current().workers(workers)  # [threads] never more worker processes than the thread budget
     if workers <= 1 or len(items) <= 1:
-        out = []
-        for i, item in enumerate(items):
-            out.append(fn(shared, item))
-            if on_result is not None:
-                on_result(i, out[-1])
-        return out
+        return _map_here(fn, items, shared, on_result)
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -177,12 +183,7 @@ class SerialExecutor:
 
     def map(self, fn: Callable[[Any, Any], Any], items: Iterable[Any], *, shared: Any = None,
             on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
-        out = []
-        for i, item in enumerate(items):
-            out.append(fn(shared, item))
-            if on_result is not None:
-                on_result(i, out[-1])
-        return out
+        return _map_here(fn, list(items), shared, on_result)
 
     def close(self) -> None:
         pass
