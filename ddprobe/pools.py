@@ -195,17 +195,18 @@ def subset_indices(ctx: Any, member: int, low: float, high: float) -> tuple[floa
 def _cached_members(ctx: Any, pool: str, model: str, recipe: TrainRecipe, count: int,
                     extra: dict) -> tuple[dict[int, dict], list[int]]:
     """Pool members 0..count-1 already in the cache, and the indices still to train."""
-    cache = ctx.cache
+    return _lookup_members(ctx.cache, [_member_parts(ctx, pool, model, recipe, m, extra) for m in range(count)])
+
+
+def _lookup_members(cache: Any, parts: Sequence[dict]) -> tuple[dict[int, dict], list[int]]:
+    """The members whose tensors are cached (counted hits), and the indices still to train (counted misses)."""
     found: dict[int, dict] = {}
     missing = []
-    for m in range(count):
-        got = cache.load_tensors("pool-members", cache.key("pool-members",
-                                                           _member_parts(ctx, pool, model, recipe, m, extra)))
+    for m, member_parts in enumerate(parts):
+        got = cache.lookup_tensors("pool-members", member_parts)
         if got is not None:
-            cache.hits["pool-members"] += 1
             found[m] = got
         else:
-            cache.misses["pool-members"] += 1
             missing.append(m)
     return found, missing
 
@@ -249,16 +250,7 @@ def subset_members(ctx: Any, model: str, members: Sequence[SubsetMember], recipe
 
 
     cache, test = ctx.cache, ctx.real.test
-    found: dict[int, dict] = {}
-    missing = []
-    for m, member in enumerate(members):
-        got = cache.load_tensors("pool-members", cache.key("pool-members", member.parts))
-        if got is not None:
-            cache.hits["pool-members"] += 1
-            found[m] = got
-        else:
-            cache.misses["pool-members"] += 1
-            missing.append(m)
+    found, missing = _lookup_members(cache, [member.parts for member in members])
     if missing:
         jobs, fracs = [], {}
         for m in missing:
