@@ -18,9 +18,12 @@ ways on the device at hand and keeps the faster; the choice is remembered per de
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from . import compiled
 
 if TYPE_CHECKING:
     import torch
@@ -34,6 +37,8 @@ Observer = Callable[[int, list[int], Callable[["torch.Tensor"], "torch.Tensor"]]
 
 _CHOICES: dict[str, str] = {}
 LAST_CHOICE: dict[str, Any] = {}
+_EAGER_STEP: dict[str, float] = {}
+LAST_COMPILE: dict[str, Any] = {}  # the last bag's compile decision ([study] compile), for probe info
 
 
 @dataclass
@@ -86,11 +91,21 @@ def train_many(ctx: Any, model_name: str, jobs: Sequence[TrainJob], recipe: Trai
     chosen = choose_mode(ctx, model_name, jobs, recipe, mode, chunk)
     out: list[Any] = [None] * len(jobs)
     if chosen == "sequential":
+        key = plan_compile(ctx, model_name, jobs, recipe, chosen)
+        t_rest = steps_rest = 0.0
         for i, job in enumerate(jobs):
-            out[i] = _train_one(ctx, model_name, i, job, recipe, observe, every, on_done)
+            t0 = time.perf_counter()
+            out[i] = _train_one(ctx, model_name, i, job, recipe, observe, every, on_done, compile_key=key)
+            if i > 0:  # job 0 paid the compile
+                t_rest += time.perf_counter() - t0
+                steps_rest += recipe.total_steps(job.size)
             if task is not None:
                 task.advance()
+        if key is not None and steps_rest and compiled.failure(key) is None and LAST_COMPILE.get("eager_step_s"):
+            compiled.record(key, gain=LAST_COMPILE["eager_step_s"] / (t_rest / steps_rest))
+            LAST_COMPILE["measured_gain"] = round(compiled.measured(key)["gain"], 3)
         return out
+    plan_compile(ctx, model_name, jobs, recipe, chosen)  # records that stacked training is not compiled
     for group in stacks(jobs, recipe, chunk):
         for i, res in zip(group, _train_stacked(ctx, model_name, [jobs[i] for i in group], group, recipe,
                                                 observe, every, on_done), strict=True):
@@ -139,13 +154,14 @@ def train_bag(ctx: Any, model_name: str, jobs: Sequence[TrainJob], recipe: Train
     else:
         per = max(1, math.ceil(len(jobs) / (4 * ex.workers)))
         groups = [list(range(s, min(s + per, len(jobs)))) for s in range(0, len(jobs), per)]
+    key = plan_compile(ctx, model_name, jobs, recipe, chosen, compilers=1 + min(ex.workers, len(groups)))
     datas: list[LabeledData] = []
     where: dict[int, int] = {}
     for job in jobs:
         if id(job.data) not in where:
             where[id(job.data)] = len(datas)
             datas.append(job.data)
-    shared = _Bag(ctx.task_context(), model_name, recipe, datas, collector, chosen, every)
+    shared = _Bag(ctx.task_context(), model_name, recipe, datas, collector, chosen, every, key)
     items = [[(i, jobs[i].seed_name, where[id(jobs[i].data)], jobs[i].indices, jobs[i].learned_lr) for i in group]
              for group in groups]
 
@@ -169,6 +185,7 @@ class _Bag:
     collector: Collector
     mode: str
     every: int
+    compile_key: str | None = None
 
 
 def _train_group(bag: _Bag, item: list[tuple]) -> list[Any]:
@@ -179,7 +196,8 @@ def _train_group(bag: _Bag, item: list[tuple]) -> list[Any]:
     if bag.mode == "batched":
         return _train_stacked(bag.ctx, bag.model_name, jobs, ids, bag.recipe, observe, bag.every,
                               bag.collector.done)
-    return [_train_one(bag.ctx, bag.model_name, i, job, bag.recipe, observe, bag.every, bag.collector.done)
+    return [_train_one(bag.ctx, bag.model_name, i, job, bag.recipe, observe, bag.every, bag.collector.done,
+                       compile_key=bag.compile_key)
             for i, job in zip(ids, jobs, strict=True)]
 
 
@@ -198,7 +216,8 @@ def stacks(jobs: Sequence[TrainJob], recipe: TrainRecipe, chunk: int) -> list[li
 
 # -- one by one -------------------------------------------------------------------------------------------------
 
-def _train_one(ctx, model_name, i, job, recipe, observe, every, on_done, max_steps: int | None = None):
+def _train_one(ctx, model_name, i, job, recipe, observe, every, on_done, max_steps: int | None = None,
+               compile_key: str | None = None):
     from .training import TrainState, predict
 
     net = ctx.build_model(model_name, job.seed_name)
@@ -209,7 +228,8 @@ def _train_one(ctx, model_name, i, job, recipe, observe, every, on_done, max_ste
                 observe(state.step, [i], lambda x: predict(state.model, x).unsqueeze(0))
         callbacks.append(cb)
     use = recipe if max_steps is None else recipe.model_copy(update={"steps": max_steps, "epochs": None})
-    ctx.train(net, job.materialize(), use, seed_name=job.seed_name, callbacks=callbacks, learned_lr=job.learned_lr)
+    ctx.train(net, job.materialize(), use, seed_name=job.seed_name, callbacks=callbacks, learned_lr=job.learned_lr,
+              compile_key=compile_key)
     return on_done(i, net) if on_done is not None else net
 
 
@@ -385,6 +405,67 @@ def choose_mode(ctx: Any, model_name: str, jobs: Sequence[TrainJob], recipe: Tra
         LAST_CHOICE.clear()
         LAST_CHOICE.update(per_model, choice=_CHOICES[key], models=k)
     return _CHOICES[key]
+
+
+def plan_compile(ctx: Any, model_name: str, jobs: Sequence[TrainJob], recipe: TrainRecipe, chosen: str, *,
+                 compilers: int = 1) -> str | None:
+    """The compile key to train this bag's models with, or None for eager ([study] compile; see ddprobe.compiled).
+
+    Decided once per bag on the driver, so every worker trains the same way. ``auto`` times three eager steps of
+    the first job (remembered per device, architecture and batch shape) and compiles only when
+    :func:`ddprobe.compiled.decide` predicts a saving. Stacked (vmapped) training is never compiled. The decision,
+    and any compile failure, land in :data:`LAST_COMPILE`.
+    """
+    import json
+
+    setting = getattr(ctx, "compile_mode", "never")
+    LAST_COMPILE.clear()
+    jobs = list(jobs)
+    key = compiled.arch_key(ctx.models[model_name].key(), ctx.device)
+    if chosen != "sequential":
+        LAST_COMPILE.update(setting=setting, compile=False, reason=f"{chosen} training is not compiled")
+        return None
+    bag_steps = sum(recipe.total_steps(job.size) for job in jobs)
+    why = compiled.failure(key) or compiled.eligible(ctx.build_model(model_name, "compile:probe"))
+    if setting != "never" and why is not None:
+        LAST_COMPILE.update(setting=setting, compile=False, reason=f"eager: {why}")
+        return None
+    eager = None
+    if setting == "auto" and bag_steps > 0:
+        batch = recipe.batch(jobs[0].size)
+        tkey = json.dumps([key, batch], default=str)
+        if tkey not in _EAGER_STEP:
+            from .timing import timed
+
+            _train_one(ctx, model_name, 0, jobs[0], recipe, None, 1, lambda i, n: None, max_steps=1)
+            _EAGER_STEP[tkey] = timed(lambda: _train_one(ctx, model_name, 0, jobs[0], recipe, None, 1,
+                                                         lambda i, n: None, max_steps=3), ctx.device) / 3
+        eager = _EAGER_STEP[tkey]
+    m = compiled.measured(key)
+    decision = compiled.decide(setting, bag_steps, eager, gain=m.get("gain"), compile_s=m.get("compile_s"),
+                               compilers=compilers)
+    LAST_COMPILE.update(setting=setting, bag_steps=bag_steps, eager_step_s=eager, **decision.to_json())
+    if not decision.compile:
+        return None
+    # compile here, on the driver: a failure is seen (and recorded) before any job trains, and worker processes
+    # then find inductor's on-disk cache warm
+    data = jobs[0].materialize().to(ctx.device)
+    if compiled.forward(ctx.build_model(model_name, "compile:probe"), key,
+                        data.images[: recipe.batch(len(data))]) is None:
+        LAST_COMPILE.update(compile=False, reason="eager: compiling failed", failed=compiled.failure(key))
+        return None
+    LAST_COMPILE["compile_s"] = round(compiled.measured(key).get("compile_s", 0.0), 3)
+    return key
+
+
+def compile_info(key: str | None = None) -> dict[str, Any]:
+    """:data:`LAST_COMPILE` with any compile failure seen since (for probe info)."""
+    info = dict(LAST_COMPILE)
+    for k, why in compiled._FAILED.items():
+        if key is None or k == key:
+            info["compile"] = False
+            info["failed"] = why
+    return info
 
 
 def measure(ctx: Any, model_name: str, jobs: Sequence[TrainJob], recipe: TrainRecipe, steps: int = 3) -> dict:

@@ -121,11 +121,20 @@ class TaskContext:
         return net.to(self.device)
 
     def train(self, model: torch.nn.Module, data: LabeledData, recipe: TrainRecipe | None = None, *,
-              seed_name: str, callbacks: Sequence[Callback] = (), learned_lr: float | None = None) -> torch.nn.Module:
+              seed_name: str, callbacks: Sequence[Callback] = (), learned_lr: float | None = None,
+              compile_key: str | None = None) -> torch.nn.Module:
+        """Train ``model`` in place; ``compile_key`` (see :mod:`ddprobe.compiled`) trains through a compiled forward."""
         from .training import train
 
-        return train(model, data.to(self.device), recipe or self.recipe, generator=self.rng(f"train:{seed_name}"),
-                     callbacks=callbacks, learned_lr=learned_lr)
+        recipe = recipe or self.recipe
+        data = data.to(self.device)
+        fwd = None
+        if compile_key is not None:
+            from . import compiled
+
+            fwd = compiled.forward(model, compile_key, data.images[: recipe.batch(len(data))])
+        return train(model, data, recipe, generator=self.rng(f"train:{seed_name}"), callbacks=callbacks,
+                     learned_lr=learned_lr, forward=fwd)
 
 
 @dataclass
@@ -141,6 +150,7 @@ class _Base:
     workers: int = 1
     executor_kind: str = "processes"  # [study] executor
     ray_options: Any = None  # [study.ray]
+    compile_mode: str = "auto"  # [study] compile
 
     @property
     def executor(self) -> Executor:
@@ -174,10 +184,11 @@ class _Base:
         return self.task_context().build_model(model, seed_name)
 
     def train(self, model: torch.nn.Module, data: LabeledData, recipe: TrainRecipe | None = None, *,
-              seed_name: str, callbacks: Sequence[Callback] = (), learned_lr: float | None = None) -> torch.nn.Module:
+              seed_name: str, callbacks: Sequence[Callback] = (), learned_lr: float | None = None,
+              compile_key: str | None = None) -> torch.nn.Module:
         """Train ``model`` in place; data order and augmentation draw from the stream ``seed_name``."""
         return self.task_context().train(model, data, recipe, seed_name=seed_name, callbacks=callbacks,
-                                         learned_lr=learned_lr)
+                                         learned_lr=learned_lr, compile_key=compile_key)
 
     def trained(self, model: str, data: LabeledData, recipe: TrainRecipe | None = None, *, seed_name: str,
                 learned_lr: float | None = None, data_id: Any = None) -> torch.nn.Module:

@@ -77,6 +77,9 @@ class StudySection(BaseModel):
     threads: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
         "auto", description="CPU threads for all processes together; auto = the cores this process may use "
                             "(affinity, cgroup quota, OMP_NUM_THREADS); ddprobe run --threads overrides it")
+    compile: Literal["auto", "always", "never"] = Field(
+        "auto", description="torch.compile the model for bags of trainings (pools, leave-one-out retrainings): "
+                            "auto compiles when the predicted saving beats the compile time; eager when unavailable")
 
 
 class ReportSection(BaseModel):

@@ -495,6 +495,7 @@ def prepare(spec: Spec, output_dir: Path, no_cache: bool = False, console: Any =
             add(cspec, control=True)
     ctx = StudyContext(spec.study.seed, real, spec.models, spec.train, cache, device, progress, dkey,
                        spec.study.workers, spec.study.executor, spec.study.ray, distilled=sets,
+                       compile_mode=spec.study.compile,
                        pretrain_recipe=spec.pretrain, output_dir=output_dir,
                        controls={c.name for c in controls})
     return Study(spec, ctx, output_dir, distilled=records, errors=errors, console=console)

@@ -137,8 +137,13 @@ def train(
     generator: torch.Generator,
     callbacks: Sequence[Callback] = (),
     learned_lr: float | None = None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.nn.Module:
-    """Train ``model`` in place on ``data`` (already on the model's device) and return it in eval mode."""
+    """Train ``model`` in place on ``data`` (already on the model's device) and return it in eval mode.
+
+    ``forward`` replaces ``model(x)`` in the training steps: a compiled forward of the same model
+    (:func:`ddprobe.compiled.forward`), computing the same function.
+    """
     import torch
 
     from .augment import get_augmentation
@@ -161,7 +166,7 @@ def train(
         x, y = (images, labels) if idx is None else (images[idx.to(images.device)], labels[idx.to(labels.device)])
         if augment is not None:
             x = augment(x, generator)
-        loss = loss_fn(model(x), y)
+        loss = loss_fn((forward or model)(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -290,6 +290,7 @@ class Agreement:
                 metrics[f"{set_name}/{model}/early_step"] = float(sum(d["step"]) / n)
                 metrics[f"{set_name}/{model}/accuracy"] = sum(d["acc"]) / n
         info["batched"] = dict(batched.LAST_CHOICE)
+        info["compile"] = batched.compile_info()
         findings = [judge_agreement(AGREEMENT, set_name, ctx.probe_id or self.name, units[set_name], options.band,
                                     options.interval, control=set_name in ctx.controls,
                                     seed=ctx.seed_for(f"agreement:bootstrap:{set_name}"))

@@ -174,6 +174,7 @@ class Influence:
         every = max(1, steps // options.tracin_checkpoints)
         ckpt_steps = list(range(0, steps, every))[: options.tracin_checkpoints]
         results = []
+        compile_info: list[dict[str, Any]] = []  # [study] compile decisions of the bags retrained now (not cached)
         with ctx.progress.task(f"influence: {set_name} leave-one-out", total=options.inits * (n + 2)) as task:
             for r in range(options.inits):
                 init = ctx.build_model(model, seed_name=f"influence:{r}")
@@ -184,7 +185,9 @@ class Influence:
                     res = inf.exact_loo(init, data.images, data.labels, test_x, test_y, recipe, learned_lr=lr,
                                         strategy=options.strategy, workers=workers, executor=executor,
                                         noise_generator=ctx.rng(f"influence:noise:{set_name}:{r}"),
-                                        checkpoint_steps=record, advance=task.advance)
+                                        checkpoint_steps=record, advance=task.advance,
+                                        compile=getattr(ctx, "compile_mode", "never"))
+                    compile_info.append(res.compile)
                     out = {**res.tensors(), "seconds": torch.tensor([res.seconds]),
                            "retrains": torch.tensor([res.retrains]),
                            "ckpt_steps": torch.tensor([s for s, _ in res.checkpoints], dtype=torch.long)}
@@ -267,7 +270,8 @@ class Influence:
                 figures[ds.classes[c]] = self._gallery(ctx, ds, test, rows, helped_idx, helped_val, set_name, c)
         info = {"strategy": strategy, "workers": workers, "retrains": retrains, "exact_seconds": seconds,
                 "audit_setup_seconds": setup, "inits": options.inits,
-                "full_run_check": float((problem.full_losses - results[0].loss_full).abs().max())}
+                "full_run_check": float((problem.full_losses - results[0].loss_full).abs().max()),
+                "compile": compile_info}
         return {"metrics": metrics, "timings": timings, "top": top, "audit": audit, "figures": figures, "info": info,
                 "per_init": infl}
 

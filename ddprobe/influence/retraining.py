@@ -37,13 +37,15 @@ def lean_unsupported(recipe: TrainRecipe, n: int) -> str | None:
 
 def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: TrainRecipe, *,
         learned_lr: float | None = None, generator: torch.Generator | None = None,
-        callbacks: Sequence[Callback] = ()) -> nn.Module:
+        callbacks: Sequence[Callback] = (),
+        forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> nn.Module:
     """Train ``model`` in place and return it in eval mode.
 
     For full-batch SGD recipes this is a lean loop equal to ``training.train`` for the same initialization, data
     and recipe (tests/test_influence.py checks it): ``autograd.grad`` instead of ``.grad`` bookkeeping and
     ``torch._foreach`` momentum updates in the order ``torch.optim.SGD`` applies them. Other recipes go through
-    ``training.train`` with ``generator`` for the data order.
+    ``training.train`` with ``generator`` for the data order. ``forward`` replaces ``model(x)`` in the training
+    steps (a compiled forward of the same model, :func:`ddprobe.compiled.forward`).
     """
     n = int(images.shape[0])
     if lean_unsupported(recipe, n) is not None:
@@ -52,7 +54,7 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: Tr
 
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
         return train(model, LabeledData(images, labels, []), recipe, generator=gen, callbacks=callbacks,
-                     learned_lr=learned_lr)
+                     learned_lr=learned_lr, forward=forward)
     steps = recipe.total_steps(n)
     lr = recipe.resolved_lr(learned_lr)
     momentum, wd = float(recipe.momentum), float(recipe.weight_decay)
@@ -62,7 +64,7 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: Tr
     for cb in callbacks:
         cb(TrainState(0, steps, model, None))
     for step in range(1, steps + 1):
-        loss = loss_fn(model(images), labels)
+        loss = loss_fn((forward or model)(images), labels)
         grads = list(torch.autograd.grad(loss, params))
         with torch.no_grad():
             if wd != 0:
@@ -125,6 +127,7 @@ class LOOResult:
     retrains: int = 0
     final_state: dict[str, torch.Tensor] | None = None  # the reference run's trained model
     checkpoints: list[tuple[int, dict[str, torch.Tensor]]] = field(default_factory=list)
+    compile: dict[str, Any] = field(default_factory=dict)  # the [study] compile decision for this bag
 
     @property
     def influence(self) -> torch.Tensor:
@@ -162,6 +165,7 @@ class _Job:
     recipe: TrainRecipe
     learned_lr: float | None = None
     checkpoint_steps: tuple[int, ...] = ()
+    compile_key: str | None = None  # train through a compiled forward (ddprobe.compiled)
 
 
 def _retrain(job: _Job, subset: torch.Tensor, record: bool = False):
@@ -179,8 +183,14 @@ def _retrain(job: _Job, subset: torch.Tensor, record: bool = False):
                 states.append((state.step, {k: v.detach().cpu().clone() for k, v in state.model.state_dict().items()}))
 
         callbacks.append(keep)
-    fit(net, job.images[idx], job.labels[idx], job.recipe, learned_lr=job.learned_lr, generator=gen,
-        callbacks=callbacks)
+    x = job.images[idx]
+    fwd = None
+    if job.compile_key is not None:
+        from .. import compiled
+
+        fwd = compiled.forward(net, job.compile_key, x[: job.recipe.batch(int(x.shape[0]))])
+    fit(net, x, job.labels[idx], job.recipe, learned_lr=job.learned_lr, generator=gen, callbacks=callbacks,
+        forward=fwd)
     loss, margin = test_outputs(net, job.test_images, job.test_labels)
     extra = None
     if record:
@@ -204,13 +214,16 @@ def exact_loo(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, test
               test_labels: torch.Tensor, recipe: TrainRecipe, *, learned_lr: float | None = None,
               strategy: Strategy = "auto", workers: int = 1, vmap_batch: int = 32,
               noise_generator: torch.Generator | None = None, checkpoint_steps: Sequence[int] = (),
-              advance: Callable[[int], None] | None = None, executor: Any = None) -> LOOResult:
+              advance: Callable[[int], None] | None = None, executor: Any = None,
+              compile: str = "never") -> LOOResult:
     """Exact leave-one-out from the initialization ``model`` (left unchanged): ``n + 2`` trainings.
 
     Each run deep-copies ``model`` and trains on all examples but one, in their original order; one run trains on
     all examples (the reference) and one on all examples in a permuted order (the noise run). The reference run
     keeps its final state and its states after each step in ``checkpoint_steps`` (0 = the initialization) in
-    ``LOOResult.final_state`` / ``checkpoints``. ``advance(k)`` is called as ``k`` more runs finish.
+    ``LOOResult.final_state`` / ``checkpoints``. ``advance(k)`` is called as ``k`` more runs finish. ``compile``
+    (auto | always | never) trains the serial and process runs through one compiled forward when it pays
+    (:func:`plan_compile`; the decision is in ``LOOResult.compile``).
     """
     t0 = time.perf_counter()
     n = int(images.shape[0])
@@ -221,9 +234,11 @@ def exact_loo(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, test
     subsets = loo_subsets(n)
     tick = advance or (lambda k: None)
     ckpt = tuple(int(s) for s in checkpoint_steps)
+    compilers = 1 + workers if strategy == "processes" else 1
+    key, decided = plan_compile(compile, model, images, labels, recipe, learned_lr, strategy, compilers)
     if strategy == "processes":
         cpu = _Job(copy.deepcopy(model).cpu(), images.cpu(), labels.cpu(), test_images.cpu(), test_labels.cpu(),
-                   recipe, learned_lr, ckpt)
+                   recipe, learned_lr, ckpt, key)
         from ..executor import ProcessExecutor
 
         runs = [(s, False) for s in (perm, *subsets)]
@@ -236,7 +251,7 @@ def exact_loo(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, test
         margins = torch.cat([o[1] for o in outs])
         extra = outs[0][2][0]
     else:
-        job = _Job(model, images, labels, test_images, test_labels, recipe, learned_lr, ckpt)
+        job = _Job(model, images, labels, test_images, test_labels, recipe, learned_lr, ckpt, key)
         head = [_retrain(job, torch.arange(n), True), _retrain(job, perm)]
         extra = head[0][2]
         tick(2)
@@ -252,7 +267,46 @@ def exact_loo(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, test
         margins = torch.cat([torch.stack([head[0][1], head[1][1]]), loo[1]])
     return LOOResult(losses[0], losses[2:], margins[0], margins[2:], losses[1], margins[1],
                      seconds=time.perf_counter() - t0, strategy=strategy, retrains=n + 2,
-                     final_state=extra["final"], checkpoints=extra["checkpoints"])
+                     final_state=extra["final"], checkpoints=extra["checkpoints"], compile=decided)
+
+
+def plan_compile(setting: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: TrainRecipe,
+                 learned_lr: float | None, strategy: str, compilers: int = 1) -> tuple[str | None, dict[str, Any]]:
+    """The compile key for a leave-one-out bag (None: eager) and the decision, for ``exact_loo``.
+
+    ``auto`` times three eager steps of ``fit`` (after one warm-up) and asks :func:`ddprobe.compiled.decide`
+    about the bag's ``(n + 2) x steps`` steps. A decision to compile compiles here, before any run, so a failure
+    falls back to eager and is recorded.
+    """
+    from .. import compiled
+
+    n = int(images.shape[0])
+    device = next(model.parameters()).device
+    key = compiled.arch_key([type(model).__name__, repr(model), recipe.batch(n - 1)], device)
+    if strategy == "vmap":
+        return None, {"setting": setting, "compile": False, "reason": "vmap retraining is not compiled"}
+    why = compiled.failure(key) or compiled.eligible(model)
+    if setting != "never" and why is not None:
+        return None, {"setting": setting, "compile": False, "reason": f"eager: {why}"}
+    bag_steps = (n + 2) * recipe.total_steps(n - 1)
+    eager = None
+    if setting == "auto" and bag_steps > 0:
+        probe = recipe.model_copy(update={"steps": 1, "epochs": None})
+        fit(copy.deepcopy(model), images, labels, probe, learned_lr=learned_lr)
+        t0 = time.perf_counter()
+        fit(copy.deepcopy(model), images, labels, probe.model_copy(update={"steps": 3}), learned_lr=learned_lr)
+        eager = (time.perf_counter() - t0) / 3
+    m = compiled.measured(key)
+    decision = compiled.decide(setting, bag_steps, eager, gain=m.get("gain"), compile_s=m.get("compile_s"),
+                               compilers=compilers)
+    info = {"setting": setting, "bag_steps": bag_steps, "eager_step_s": eager, **decision.to_json()}
+    if not decision.compile:
+        return None, info
+    if compiled.forward(copy.deepcopy(model), key, images[: recipe.batch(n - 1)]) is None:
+        info.update(compile=False, reason="eager: compiling failed", failed=compiled.failure(key))
+        return None, info
+    info["compile_s"] = round(compiled.measured(key).get("compile_s", 0.0), 3)
+    return key, info
 
 
 def resolve_strategy(strategy: Strategy, device: Any, workers: int, recipe: TrainRecipe, n: int) -> str:
