@@ -138,7 +138,7 @@ def forward(model: torch.nn.Module, key: str, sample: torch.Tensor) -> Callable[
         t0 = time.perf_counter()
         try:
             fn = torch.compile(lambda p, x: functional_call(template, p, (x,)), dynamic=False)
-            trial = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
+            trial = {n: torch.nn.Parameter(p.detach().clone()) for n, p in model.named_parameters()}
             out = fn(trial, sample)
             torch.autograd.grad(out.float().sum(), list(trial.values()))
         except Exception as exc:  # noqa: BLE001 - no C++ compiler, unsupported platform...: train eagerly
