@@ -411,10 +411,10 @@ def plan_compile(ctx: Any, model_name: str, jobs: Sequence[TrainJob], recipe: Tr
                  compilers: int = 1) -> str | None:
     """The compile key to train this bag's models with, or None for eager ([study] compile; see ddprobe.compiled).
 
-    Decided once per bag on the driver, so every worker trains the same way. ``auto`` times three eager steps of
-    the first job (remembered per device, architecture and batch shape) and compiles only when
-    :func:`ddprobe.compiled.decide` predicts a saving. Stacked (vmapped) training is never compiled. The decision,
-    and any compile failure, land in :data:`LAST_COMPILE`.
+    Decided once per bag on the driver, so every worker trains the same way. ``auto`` (and ``always``, to record
+    the gain of the bag it compiles) times three eager steps of the first job (remembered per device, architecture
+    and batch shape); ``auto`` compiles only when :func:`ddprobe.compiled.decide` predicts a saving. Stacked
+    (vmapped) training is never compiled. The decision, and any compile failure, land in :data:`LAST_COMPILE`.
     """
     import json
 
@@ -431,7 +431,7 @@ def plan_compile(ctx: Any, model_name: str, jobs: Sequence[TrainJob], recipe: Tr
         LAST_COMPILE.update(setting=setting, compile=False, reason=f"eager: {why}")
         return None
     eager = None
-    if setting == "auto" and bag_steps > 0:
+    if setting != "never" and bag_steps > 0:  # "always" measures too: the bag's gain is then recorded
         batch = recipe.batch(jobs[0].size)
         tkey = json.dumps([key, batch], default=str)
         if tkey not in _EAGER_STEP:

@@ -175,3 +175,17 @@ def test_compiled_training_gives_the_eager_numbers(make_ctx, digits):
     assert got.compile["compile"] is True and "failed" not in got.compile, got.compile
     assert torch.allclose(ref.loss_loo, got.loss_loo, atol=1e-5)
     assert torch.allclose(ref.margin_loo, got.margin_loo, atol=1e-5)
+
+
+def test_auto_uses_the_measured_gain_and_compile_time_of_the_architecture(make_ctx, digits, monkeypatch):
+    from ddprobe.batched import TrainJob, train_many
+
+    ctx = make_ctx(models=SMALL)
+    jobs = [TrainJob(s, digits.train, torch.arange(0, 40)) for s in "ab"]
+    key = compiled.arch_key(ctx.models["convnet"].key(), ctx.device)
+    compiled.record(key, gain=100.0, compile_s=1e-9)  # as if a compiled bag had measured a huge gain
+    monkeypatch.setattr(torch, "compile", _raise)  # so no real compile runs here
+    train_many(ctx, "convnet", jobs, TrainRecipe(steps=3), mode="sequential")
+    info = batched.compile_info()
+    assert info["predicted_saving_s"] > 0 and info["reason"] == "eager: compiling failed"
+    assert "no C++ compiler" in info["failed"]

@@ -236,6 +236,7 @@ def exact_loo(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, test
     ckpt = tuple(int(s) for s in checkpoint_steps)
     compilers = 1 + workers if strategy == "processes" else 1
     key, decided = plan_compile(compile, model, images, labels, recipe, learned_lr, strategy, compilers)
+    t_runs = time.perf_counter()
     if strategy == "processes":
         cpu = _Job(copy.deepcopy(model).cpu(), images.cpu(), labels.cpu(), test_images.cpu(), test_labels.cpu(),
                    recipe, learned_lr, ckpt, key)
@@ -265,6 +266,13 @@ def exact_loo(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, test
             loo = (torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs]))
         losses = torch.cat([torch.stack([head[0][0], head[1][0]]), loo[0]])
         margins = torch.cat([torch.stack([head[0][1], head[1][1]]), loo[1]])
+    if key is not None and strategy == "serial" and decided.get("eager_step_s"):
+        from .. import compiled
+
+        if compiled.failure(key) is None:  # the steady-state gain of this bag (test evaluations included)
+            per_step = (time.perf_counter() - t_runs) / max(1, decided["bag_steps"])
+            compiled.record(key, gain=decided["eager_step_s"] / per_step)
+            decided["measured_gain"] = round(compiled.measured(key)["gain"], 3)
     return LOOResult(losses[0], losses[2:], margins[0], margins[2:], losses[1], margins[1],
                      seconds=time.perf_counter() - t0, strategy=strategy, retrains=n + 2,
                      final_state=extra["final"], checkpoints=extra["checkpoints"], compile=decided)
@@ -274,9 +282,9 @@ def plan_compile(setting: str, model: nn.Module, images: torch.Tensor, labels: t
                  learned_lr: float | None, strategy: str, compilers: int = 1) -> tuple[str | None, dict[str, Any]]:
     """The compile key for a leave-one-out bag (None: eager) and the decision, for ``exact_loo``.
 
-    ``auto`` times three eager steps of ``fit`` (after one warm-up) and asks :func:`ddprobe.compiled.decide`
-    about the bag's ``(n + 2) x steps`` steps. A decision to compile compiles here, before any run, so a failure
-    falls back to eager and is recorded.
+    ``auto`` (and ``always``, to record the gain) times three eager steps of ``fit`` (after one warm-up) and asks
+    :func:`ddprobe.compiled.decide` about the bag's ``(n + 2) x steps`` steps. A decision to compile compiles here,
+    before any run, so a failure falls back to eager and is recorded.
     """
     from .. import compiled
 
@@ -290,7 +298,7 @@ def plan_compile(setting: str, model: nn.Module, images: torch.Tensor, labels: t
         return None, {"setting": setting, "compile": False, "reason": f"eager: {why}"}
     bag_steps = (n + 2) * recipe.total_steps(n - 1)
     eager = None
-    if setting == "auto" and bag_steps > 0:
+    if setting != "never" and bag_steps > 0:  # "always" measures too: the bag's gain is then recorded
         probe = recipe.model_copy(update={"steps": 1, "epochs": None})
         fit(copy.deepcopy(model), images, labels, probe, learned_lr=learned_lr)
         t0 = time.perf_counter()
