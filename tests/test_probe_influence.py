@@ -57,6 +57,8 @@ def test_influence_probe_end_to_end(make_ctx, random_set):
     assert len(res.tables["reverse"]) == 10 * 4
     assert len(res.figures) == 2 and all(p.exists() for p in res.figures.values())
     assert res.info["sets"]["rand1"]["full_run_check"] < 1e-5  # the audited model is the exact full run
+    decisions = res.info["sets"]["rand1"]["compile"]  # [study] compile = auto: small bags train eagerly
+    assert decisions and all(d["setting"] == "auto" and d["compile"] is False for d in decisions)
     assert "label agreement" in res.summary
     # a second run recomputes no leave-one-out retraining
     before = dict(ctx.cache.misses)

@@ -89,6 +89,7 @@ def test_agreement_end_to_end_and_pools_cached(make_ctx, random_set):
         assert 1 <= res.metrics[f"{s}/convnet/early_step"] <= 8
     assert res.info["trained"]["convnet"] == {"subset": 6, "targeted": 0, "early": 3}
     assert len(res.tables["subset_pool"]) == 6 and res.info["growth"]["convnet"]["added"] == 0
+    assert res.info["compile"]["setting"] == "auto" and res.info["compile"]["compile"] is False  # small: eager
     assert res.figures["agreement"].exists()
     assert set(res.tables["values"].pool) == {"subset", "early"}
     # the chosen step is the one whose mean early-stopped accuracy is closest to the distilled model's
