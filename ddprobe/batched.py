@@ -416,12 +416,11 @@ def plan_compile(ctx: Any, model_name: str, jobs: Sequence[TrainJob], recipe: Tr
     and batch shape); ``auto`` compiles only when :func:`ddprobe.compiled.decide` predicts a saving. Stacked
     (vmapped) training is never compiled. The decision, and any compile failure, land in :data:`LAST_COMPILE`.
     """
-    import json
-
     setting = getattr(ctx, "compile_mode", "never")
     LAST_COMPILE.clear()
     jobs = list(jobs)
-    key = compiled.arch_key(ctx.models[model_name].key(), ctx.device)
+    batch = recipe.batch(jobs[0].size)  # compiled for this batch shape: one key per architecture and batch
+    key = compiled.arch_key([ctx.models[model_name].key(), batch], ctx.device)
     if chosen != "sequential":
         LAST_COMPILE.update(setting=setting, compile=False, reason=f"{chosen} training is not compiled")
         return None
@@ -432,15 +431,13 @@ def plan_compile(ctx: Any, model_name: str, jobs: Sequence[TrainJob], recipe: Tr
         return None
     eager = None
     if setting != "never" and bag_steps > 0:  # "always" measures too: the bag's gain is then recorded
-        batch = recipe.batch(jobs[0].size)
-        tkey = json.dumps([key, batch], default=str)
-        if tkey not in _EAGER_STEP:
+        if key not in _EAGER_STEP:
             from .timing import timed
 
             _train_one(ctx, model_name, 0, jobs[0], recipe, None, 1, lambda i, n: None, max_steps=1)
-            _EAGER_STEP[tkey] = timed(lambda: _train_one(ctx, model_name, 0, jobs[0], recipe, None, 1,
-                                                         lambda i, n: None, max_steps=3), ctx.device) / 3
-        eager = _EAGER_STEP[tkey]
+            _EAGER_STEP[key] = timed(lambda: _train_one(ctx, model_name, 0, jobs[0], recipe, None, 1,
+                                                        lambda i, n: None, max_steps=3), ctx.device) / 3
+        eager = _EAGER_STEP[key]
     m = compiled.measured(key)
     decision = compiled.decide(setting, bag_steps, eager, gain=m.get("gain"), compile_s=m.get("compile_s"),
                                compilers=compilers)

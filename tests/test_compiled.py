@@ -182,7 +182,7 @@ def test_auto_uses_the_measured_gain_and_compile_time_of_the_architecture(make_c
 
     ctx = make_ctx(models=SMALL)
     jobs = [TrainJob(s, digits.train, torch.arange(0, 40)) for s in "ab"]
-    key = compiled.arch_key(ctx.models["convnet"].key(), ctx.device)
+    key = compiled.arch_key([ctx.models["convnet"].key(), 40], ctx.device)  # architecture and batch (full: 40)
     compiled.record(key, gain=100.0, compile_s=1e-9)  # as if a compiled bag had measured a huge gain
     monkeypatch.setattr(torch, "compile", _raise)  # so no real compile runs here
     train_many(ctx, "convnet", jobs, TrainRecipe(steps=3), mode="sequential")
