@@ -39,6 +39,7 @@ _CHOICES: dict[str, str] = {}
 LAST_CHOICE: dict[str, Any] = {}
 _EAGER_STEP: dict[str, float] = {}
 LAST_COMPILE: dict[str, Any] = {}  # the last bag's compile decision ([study] compile), for probe info
+_BAGS = [0]  # bags planned so far in this process (compile_mark)
 
 
 @dataclass
@@ -96,12 +97,14 @@ def train_many(ctx: Any, model_name: str, jobs: Sequence[TrainJob], recipe: Trai
         for i, job in enumerate(jobs):
             t0 = time.perf_counter()
             out[i] = _train_one(ctx, model_name, i, job, recipe, observe, every, on_done, compile_key=key)
-            if i > 0:  # job 0 paid the compile
+            if i > 0:  # the steady state: job 0 carries the first calls
                 t_rest += time.perf_counter() - t0
                 steps_rest += recipe.total_steps(job.size)
             if task is not None:
                 task.advance()
-        if key is not None and steps_rest and compiled.failure(key) is None and LAST_COMPILE.get("eager_step_s"):
+        if key is not None and compiled.failure(key) is not None:  # compiled code raised during the bag: eager
+            LAST_COMPILE.update(failed=compiled.failure(key))
+        elif key is not None and steps_rest and LAST_COMPILE.get("eager_step_s"):
             compiled.record(key, gain=LAST_COMPILE["eager_step_s"] / (t_rest / steps_rest))
             LAST_COMPILE["measured_gain"] = round(compiled.measured(key)["gain"], 3)
         return out
@@ -417,6 +420,7 @@ def plan_compile(ctx: Any, model_name: str, jobs: Sequence[TrainJob], recipe: Tr
     (vmapped) training is never compiled. The decision, and any compile failure, land in :data:`LAST_COMPILE`.
     """
     setting = getattr(ctx, "compile_mode", "never")
+    _BAGS[0] += 1
     LAST_COMPILE.clear()
     jobs = list(jobs)
     batch = recipe.batch(jobs[0].size)  # compiled for this batch shape: one key per architecture and batch
@@ -455,14 +459,17 @@ def plan_compile(ctx: Any, model_name: str, jobs: Sequence[TrainJob], recipe: Tr
     return key
 
 
-def compile_info(key: str | None = None) -> dict[str, Any]:
-    """:data:`LAST_COMPILE` with any compile failure seen since (for probe info)."""
-    info = dict(LAST_COMPILE)
-    for k, why in compiled._FAILED.items():
-        if key is None or k == key:
-            info["compile"] = False
-            info["failed"] = why
-    return info
+def compile_mark() -> int:
+    """A mark to pass to :func:`compile_info` later: only bags trained after it count."""
+    return _BAGS[0]
+
+
+def compile_info(since: int | None = None) -> dict[str, Any]:
+    """The last bag's compile decision (:data:`LAST_COMPILE`), for probe info; ``{}`` when no bag was trained
+    since the mark ``since`` (every model came from the cache)."""
+    if since is not None and _BAGS[0] == since:
+        return {}
+    return dict(LAST_COMPILE)
 
 
 def measure(ctx: Any, model_name: str, jobs: Sequence[TrainJob], recipe: TrainRecipe, steps: int = 3) -> dict:

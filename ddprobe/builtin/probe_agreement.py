@@ -186,6 +186,9 @@ class Agreement:
                 for key in ("subset", "early", "difference", "early_step", "accuracy")]
 
     def run(self, ctx, options: Options) -> ProbeResult:
+        from ..batched import compile_mark
+
+        mark = compile_mark()  # info['compile']: the last bag this run trains
         import math
 
         import pandas as pd
@@ -290,7 +293,7 @@ class Agreement:
                 metrics[f"{set_name}/{model}/early_step"] = float(sum(d["step"]) / n)
                 metrics[f"{set_name}/{model}/accuracy"] = sum(d["acc"]) / n
         info["batched"] = dict(batched.LAST_CHOICE)
-        info["compile"] = batched.compile_info()
+        info["compile"] = batched.compile_info(mark)
         findings = [judge_agreement(AGREEMENT, set_name, ctx.probe_id or self.name, units[set_name], options.band,
                                     options.interval, control=set_name in ctx.controls,
                                     seed=ctx.seed_for(f"agreement:bootstrap:{set_name}"))

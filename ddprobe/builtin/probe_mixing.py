@@ -91,6 +91,9 @@ class Mixing:
         return out
 
     def run(self, ctx, options: Options) -> ProbeResult:
+        from ..batched import compile_mark
+
+        mark = compile_mark()  # info['compile']: the last bag this run trains
         import numpy as np
         import pandas as pd
 
@@ -149,7 +152,9 @@ class Mixing:
         summary = (f"adding {first} real/class changes accuracy by " +
                    ", ".join(f"{s}/{m} {c:+.3f}" for s, m, c, _ in declared[:4]) if declared else
                    "no k = 0 baseline to compare with")
-        info = {"k": ks, "capped": capped, "cap": cap}
+        from ..batched import compile_info
+
+        info = {"k": ks, "capped": capped, "cap": cap, "compile": compile_info(mark)}  # the last bag's [study] compile
         return ProbeResult(metrics, {"mixing": table, "runs": runs}, {"mixing": fig}, summary, info, findings)
 
     def _findings(self, ctx, runs, ks, options, models):

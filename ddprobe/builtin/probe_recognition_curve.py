@@ -99,6 +99,9 @@ class RecognitionCurve:
             for key in ("final", "step90", "step99", "test_at_step90")]
 
     def run(self, ctx, options: Options) -> ProbeResult:
+        from ..batched import compile_mark
+
+        mark = compile_mark()  # info['compile']: the last bag this run trains
         import numpy as np
         import pandas as pd
         import torch
@@ -157,6 +160,8 @@ class RecognitionCurve:
                 rows.append(row)
                 for key in ("final", "step90", "step99", "test_at_step90"):
                     metrics[f"{set_name}/{model}/{key}"] = float(row[key])
+        from ..batched import compile_info
+
         table = pd.DataFrame(rows)
         findings, runs_table = self._findings(ctx, per_run, list(sets), options)
         fig = self._figure(ctx, curves, models, list(sets))
@@ -164,7 +169,8 @@ class RecognitionCurve:
         summary = "; ".join(f"{r['set']}/{r['model']}: 90% of final recognition {r['final']:.2f} at step "
                             f"{r['step90']} (real test {r['test_at_step90']:.2f})" for r in declared[:4])
         return ProbeResult(metrics, {"recognition_curve": table, "curves": curves, "runs": runs_table},
-                           {"recognition_curve": fig}, summary, {"recipe": recipe.key()}, findings)
+                           {"recognition_curve": fig}, summary, {"recipe": recipe.key(), "compile": compile_info(mark)},
+                           findings)
 
     def _findings(self, ctx, per_run, set_names, options):
         """Per run: (real test's 90 %-rise step - the set's) / window; inconclusive while real test still rises."""

@@ -158,6 +158,9 @@ class Sensitivity:
         return out
 
     def run(self, ctx, options: Options) -> ProbeResult:
+        from ..batched import compile_mark
+
+        mark = compile_mark()  # info['compile']: the last bag this run trains
         import numpy as np
         import pandas as pd
 
@@ -237,7 +240,9 @@ class Sensitivity:
             f", {r['spread_converged']:.3f} without {len(diverged[r['set']])} diverged cell"
             f"{'s' if len(diverged[r['set']]) != 1 else ''} ({r['diverged']})" if diverged[r["set"]] else "")
             for r in declared[:4])
-        info = {"cells": {name: r.key() for name, r, _ in cells}}
+        from ..batched import compile_info
+
+        info = {"cells": {name: r.key() for name, r, _ in cells}, "compile": compile_info(mark)}  # last bag's
         return ProbeResult(metrics, {"sensitivity": table, "spread": spread_t, "runs": runs_t},
                            {"sensitivity": fig}, summary, info)
 
