@@ -415,7 +415,7 @@ def plan_compile(ctx: Any, model_name: str, jobs: Sequence[TrainJob], recipe: Tr
     """The compile key to train this bag's models with, or None for eager ([study] compile; see ddprobe.compiled).
 
     Decided once per bag on the driver, so every worker trains the same way. ``auto`` (and ``always``, to record
-    the gain of the bag it compiles) times three eager steps of the first job (remembered per device, architecture
+    the gain of the bag it compiles) times four eager steps of the first job (remembered per device, architecture
     and batch shape); ``auto`` compiles only when :func:`ddprobe.compiled.decide` predicts a saving. Stacked
     (vmapped) training is never compiled. The decision, and any compile failure, land in :data:`LAST_COMPILE`.
     """
@@ -424,7 +424,7 @@ def plan_compile(ctx: Any, model_name: str, jobs: Sequence[TrainJob], recipe: Tr
     LAST_COMPILE.clear()
     jobs = list(jobs)
     batch = recipe.batch(jobs[0].size)  # compiled for this batch shape: one key per architecture and batch
-    key = compiled.arch_key([ctx.models[model_name].key(), batch], ctx.device)
+    key = compiled.arch_key(ctx.models[model_name].key(), ctx.device, batch)
     if chosen != "sequential":
         LAST_COMPILE.update(setting=setting, compile=False, reason=f"{chosen} training is not compiled")
         return None
@@ -438,9 +438,13 @@ def plan_compile(ctx: Any, model_name: str, jobs: Sequence[TrainJob], recipe: Tr
         if key not in _EAGER_STEP:
             from .timing import timed
 
-            _train_one(ctx, model_name, 0, jobs[0], recipe, None, 1, lambda i, n: None, max_steps=1)
-            _EAGER_STEP[key] = timed(lambda: _train_one(ctx, model_name, 0, jobs[0], recipe, None, 1,
-                                                        lambda i, n: None, max_steps=3), ctx.device) / 3
+            def run(steps: int) -> float:
+                return timed(lambda: _train_one(ctx, model_name, 0, jobs[0], recipe, None, 1, lambda i, n: None,
+                                                max_steps=steps), ctx.device)
+
+            run(1)  # warm-up
+            # 5 steps minus 1: the model's construction and the first step's overheads cancel
+            _EAGER_STEP[key] = max(run(5) - run(1), 1e-9) / 4
         eager = _EAGER_STEP[key]
     m = compiled.measured(key)
     decision = compiled.decide(setting, bag_steps, eager, gain=m.get("gain"), compile_s=m.get("compile_s"),

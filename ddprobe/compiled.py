@@ -93,9 +93,17 @@ def eligible(model: torch.nn.Module) -> str | None:
     return None
 
 
-def arch_key(arch: Any, device: Any) -> str:
-    """The key of one architecture on one device (``arch``: a ModelSpec key, or anything JSON-able)."""
-    return json.dumps([str(device), arch], sort_keys=True, default=str)
+def arch_key(arch: Any, device: Any, batch: int) -> str:
+    """The key of one architecture (a ModelSpec key, or anything JSON-able) on one device at one batch size.
+
+    A compiled forward serves only inputs of ``batch`` rows, so which steps run compiled depends on the bag alone,
+    never on which worker process trained which job.
+    """
+    return json.dumps([str(device), arch, int(batch)], sort_keys=True, default=str)
+
+
+def key_batch(key: str) -> int:
+    return int(json.loads(key)[2])
 
 
 def measured(key: str) -> dict[str, float]:
@@ -118,7 +126,8 @@ def failure(key: str) -> str | None:
 def forward(model: torch.nn.Module, key: str, sample: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """A compiled forward for ``model`` (bound to its own parameters), or None when it cannot be compiled.
 
-    The compiled function is shared by every model with the same ``key``. The first request compiles it with one
+    The compiled function is shared by every model with the same ``key``. The first request whose ``sample`` has
+    the key's batch size compiles it with one
     forward and backward pass on ``sample`` (on copies of the parameters, so ``model`` is untouched) and records
     the seconds it took; if that raises, the key is marked failed and None (train eagerly) is returned, now and for
     the rest of the process. The function is compiled for ``sample``'s shape only: an input of another shape (a
@@ -128,6 +137,8 @@ def forward(model: torch.nn.Module, key: str, sample: torch.Tensor) -> Callable[
     if key in _FAILED or eligible(model) is not None:
         return None
     fn = _FORWARDS.get(key)
+    if fn is None and sample.shape[0] != key_batch(key):
+        return None  # this run's batches have another size: eager (it would never use the compiled shape)
     if fn is None:
         import copy
 

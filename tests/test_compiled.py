@@ -115,9 +115,10 @@ def test_compiled_function_failing_on_first_call_falls_back(monkeypatch):
     # torch.compile itself succeeds but the compiled function raises when it runs (as without a C++ compiler)
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: _raise)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
-    assert compiled.forward(net, "k", torch.zeros(2, 4)) is None
-    assert "no C++ compiler" in compiled.failure("k")
-    assert compiled.forward(net, "k", torch.zeros(2, 4)) is None  # not retried
+    key = compiled.arch_key("linear", "cpu", 2)
+    assert compiled.forward(net, key, torch.zeros(2, 4)) is None
+    assert "no C++ compiler" in compiled.failure(key)
+    assert compiled.forward(net, key, torch.zeros(2, 4)) is None  # not retried
 
 
 def test_models_with_buffers_or_dropout_are_not_compiled():
@@ -182,10 +183,21 @@ def test_auto_uses_the_measured_gain_and_compile_time_of_the_architecture(make_c
 
     ctx = make_ctx(models=SMALL)
     jobs = [TrainJob(s, digits.train, torch.arange(0, 40)) for s in "ab"]
-    key = compiled.arch_key([ctx.models["convnet"].key(), 40], ctx.device)  # architecture and batch (full: 40)
+    key = compiled.arch_key(ctx.models["convnet"].key(), ctx.device, 40)  # architecture, device, batch (full)
     compiled.record(key, gain=100.0, compile_s=1e-9)  # as if a compiled bag had measured a huge gain
     monkeypatch.setattr(torch, "compile", _raise)  # so no real compile runs here
     train_many(ctx, "convnet", jobs, TrainRecipe(steps=3), mode="sequential")
     info = batched.compile_info()
     assert info["predicted_saving_s"] > 0 and info["reason"] == "eager: compiling failed"
     assert "no C++ compiler" in info["failed"]
+
+
+def test_only_runs_of_the_keys_batch_size_compile(monkeypatch):
+    # a run with another batch size (a leave-one-out bag's full runs, a pool member of another size) trains
+    # eagerly and does not compile, whichever worker meets it first
+    monkeypatch.setattr(torch, "compile", _raise)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    key = compiled.arch_key("linear", "cpu", 5)
+    assert compiled.forward(net, key, torch.zeros(6, 4)) is None
+    assert compiled.failure(key) is None  # torch.compile was not even tried
+    assert compiled.forward(net, key, torch.zeros(5, 4)) is None and compiled.failure(key)  # tried, and failed

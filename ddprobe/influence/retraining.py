@@ -282,7 +282,7 @@ def plan_compile(setting: str, model: nn.Module, images: torch.Tensor, labels: t
                  learned_lr: float | None, strategy: str, compilers: int = 1) -> tuple[str | None, dict[str, Any]]:
     """The compile key for a leave-one-out bag (None: eager) and the decision, for ``exact_loo``.
 
-    ``auto`` (and ``always``, to record the gain) times three eager steps of ``fit`` (after one warm-up) and asks
+    ``auto`` (and ``always``, to record the gain) times four eager steps of ``fit`` (after one warm-up) and asks
     :func:`ddprobe.compiled.decide` about the bag's ``(n + 2) x steps`` steps. A decision to compile compiles here,
     before any run, so a failure falls back to eager and is recorded.
     """
@@ -290,7 +290,7 @@ def plan_compile(setting: str, model: nn.Module, images: torch.Tensor, labels: t
 
     n = int(images.shape[0])
     device = next(model.parameters()).device
-    key = compiled.arch_key([type(model).__name__, repr(model), recipe.batch(n - 1)], device)
+    key = compiled.arch_key([type(model).__name__, repr(model)], device, recipe.batch(n - 1))  # the n LOO runs
     if strategy == "vmap":
         return None, {"setting": setting, "compile": False, "reason": "vmap retraining is not compiled"}
     why = compiled.failure(key) or compiled.eligible(model)
@@ -299,11 +299,15 @@ def plan_compile(setting: str, model: nn.Module, images: torch.Tensor, labels: t
     bag_steps = (n + 2) * recipe.total_steps(n - 1)
     eager = None
     if setting != "never" and bag_steps > 0:  # "always" measures too: the bag's gain is then recorded
-        probe = recipe.model_copy(update={"steps": 1, "epochs": None})
-        fit(copy.deepcopy(model), images, labels, probe, learned_lr=learned_lr)
-        t0 = time.perf_counter()
-        fit(copy.deepcopy(model), images, labels, probe.model_copy(update={"steps": 3}), learned_lr=learned_lr)
-        eager = (time.perf_counter() - t0) / 3
+        def run(steps: int) -> float:
+            net = copy.deepcopy(model)
+            t0 = time.perf_counter()
+            fit(net, images, labels, recipe.model_copy(update={"steps": steps, "epochs": None}),
+                learned_lr=learned_lr)
+            return time.perf_counter() - t0
+
+        run(1)  # warm-up
+        eager = max(run(5) - run(1), 1e-9) / 4  # 5 steps minus 1: the first step's overheads cancel
     m = compiled.measured(key)
     decision = compiled.decide(setting, bag_steps, eager, gain=m.get("gain"), compile_s=m.get("compile_s"),
                                compilers=compilers)
