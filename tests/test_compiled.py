@@ -165,6 +165,16 @@ def test_compiled_training_gives_the_eager_numbers(make_ctx, digits):
     for a, b in zip(eager, fast, strict=True):
         assert torch.allclose(predict(a, digits.test.images), predict(b, digits.test.images), atol=1e-4)
 
+    # two worker processes, each compiling for itself: the same models as the serial compiled run
+    from ddprobe.batched import train_bag
+    from ddprobe.pools import StateCollector
+
+    ctx.workers, ctx.executor_kind = 2, "processes"
+    states = {}
+    train_bag(ctx, "convnet", jobs, recipe, StateCollector(), states.__setitem__, mode="sequential")
+    for i, net in enumerate(fast):
+        assert all(torch.equal(v, states[i][k]) for k, v in net.state_dict().items())
+
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(10, 6, generator=gen), torch.randint(0, 3, (10,), generator=gen)
     tx, ty = torch.randn(5, 6, generator=gen), torch.randint(0, 3, (5,), generator=gen)
