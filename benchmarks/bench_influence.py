@@ -7,9 +7,9 @@ one at a time with 1 and 2 intra-op threads; the lean loop in 2 worker processes
 (``exact_loo(strategy="processes")``); and ``torch.func.vmap`` over a stack of models (``strategy="vmap"``).
 Every way trains the same leave-one-out subsets from the same initialization; the script checks that they agree.
 
-``--peers`` instead compares influence backends with peer libraries (benchmark-only dependencies: kronfluence 1.0.1)
-on the model trained on all images, against exact leave-one-out of the same initialization (computed once and kept
-in ``--loo``, default runs/bench-influence-loo.pt):
+``--peers`` instead compares influence backends with peer libraries (benchmark-only dependencies: kronfluence 1.0.1,
+dattri 0.3.0) on the model trained on all images, against exact leave-one-out of the same initialization (computed
+once and kept in ``--loo``, default runs/bench-influence-loo.pt):
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_influence.py --peers --repeats 3
 """
@@ -17,6 +17,7 @@ in ``--loo``, default runs/bench-influence-loo.pt):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -214,6 +215,101 @@ def _kronfluence(strategy: str, damping: float | None, model, x, y, tx, ty, out_
     return analyzer.load_pairwise_scores("s")["all_modules"].T.contiguous()
 
 
+_DATTRI_BUDGET = 16e9  # bytes one dattri method may need before it is skipped (the VM has 24 GB, shared)
+
+
+def _activation_floats(model, x) -> int:
+    """Floats of every leaf module's output for one example: what a batched pass through the network carries."""
+    sizes: list[int] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, o: sizes.append(o[0].numel()))
+             for m in model.modules() if not list(m.children())]
+    with torch.no_grad():
+        model(x[:1])
+    for h in hooks:
+        h.remove()
+    return sum(sizes)
+
+
+def _dattri(method: str, scope: str, model, x, y, tx, ty, damping: float):
+    """dattri 0.3.0 scores ``[n_train, n_test]`` = ``g_train . (H + damping I)^-1 g_test`` of the mean training loss
+    (same orientation as kronfluence's and ddprobe's: positive = removing the example raises the test loss).
+
+    dattri's own API: ``AttributionTask`` on the whole model (``layer_name`` for the head; its ``partial_param``
+    still runs every product through the whole network, so memory grows with the network even for the head), or
+    on the head module alone with the frozen body's features as its inputs (``scope="head features"``). The
+    memory each method needs is estimated before it runs (activations per example x training images x the
+    vectors it batches); above ``_DATTRI_BUDGET`` the row is skipped with the reason, and a soft address-space
+    limit turns a wrong estimate into a failed row instead of a machine out of memory."""
+    import resource
+
+    from dattri.algorithm.influence_function import (
+        IFAttributorCG,
+        IFAttributorEKFAC,
+        IFAttributorExplicit,
+        IFAttributorLiSSA,
+    )
+    from dattri.task import AttributionTask
+    from torch.nn import functional as F
+
+    model = copy.deepcopy(model).eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    layer_name = ["head.weight", "head.bias"] if scope == "head" else None
+    if scope == "head features":  # the head alone on features the frozen body computes once (same Hessian)
+        with torch.no_grad():
+            x, tx = model.embed(x), model.embed(tx)
+        model = model.head
+    p_scope = sum(p.numel() for n, p in model.named_parameters() if layer_name is None or n in layer_name)
+    act = len(y) * _activation_floats(model, x) * 4  # bytes of every module output over the training images
+    test_batch = len(ty)
+    if method == "explicit":  # torch.func.hessian: forward mode over all p_scope tangents at once, through the
+        need = 4 * p_scope * act + 3 * p_scope ** 2 * 4  # network (measured: > 17.8 GB for the head, whole model)
+    elif method == "cg":  # vmap over a test chunk of rev-rev Hessian-vector products, its 10 CG iterations
+        per_vector = 48 * act  # measured: 1.0 GB for a chunk of 7 columns on all parameters
+        test_batch = max(1, min(len(ty), int(4e9 // per_vector)))
+        need = test_batch * per_vector
+    elif method == "lissa":  # vmap over the test columns of 5000 one-example Hessian-vector products in sequence
+        need = len(ty) * 32 * act // len(y)  # (its memory grew with the steps before the no_grad below)
+    else:  # ekfac: per-layer covariances of dattri's Linear modules
+        need = 0
+    info = {"params": p_scope, "estimated_gb": round(need / 1e9, 1), "test_batch": test_batch}
+    if need > _DATTRI_BUDGET:
+        info["error"] = f"estimated {need / 1e9:.0f} GB > {_DATTRI_BUDGET / 1e9:.0f} GB budget: not run"
+        return None, {"status": "skipped", **info}
+
+    def loss(params, data):
+        images, labels = data  # .long(): dattri's LiSSA collate function casts the labels to float
+        return F.cross_entropy(torch.func.functional_call(model, params, images), labels.long())
+
+    task = AttributionTask(loss_func=loss, model=model, checkpoints=model.state_dict())
+    if method == "explicit":
+        att = IFAttributorExplicit(task, layer_name=layer_name, regularization=damping)
+    elif method == "cg":
+        att = IFAttributorCG(task, layer_name=layer_name, regularization=damping)  # its default max_iter 10
+    elif method == "lissa":  # its defaults (5000 steps of one example, scaling 50); its damping d acts as
+        att = IFAttributorLiSSA(task, layer_name=layer_name, damping=damping / 50)  # 50 d on the Hessian
+    else:
+        att = IFAttributorEKFAC(task, damping=damping)  # its default: every nn.Linear (here the head)
+    loader = torch.utils.data.DataLoader
+    train = loader(torch.utils.data.TensorDataset(x, y), batch_size=len(y), shuffle=False)
+    test = loader(torch.utils.data.TensorDataset(tx, ty), batch_size=test_batch, shuffle=False)
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = int(_DATTRI_BUDGET + 4e9)  # + torch's own address space
+    resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+    try:
+        att.cache(train)
+        # CG, LiSSA: else each test chunk's (LiSSA: step's) autograd graph stays alive through the score matrix
+        # (torch.func's transforms ignore an outer no_grad); explicit: its forward-over-reverse Hessian of the
+        # instance norm then needs a forward derivative torch lacks, so it keeps dattri's plain call
+        with torch.no_grad() if method in ("cg", "lissa") else contextlib.nullcontext():
+            scores = att.attribute(train, test).detach()
+    except (RuntimeError, MemoryError) as e:
+        return None, {"status": "failed", **info, "error": str(e)[:200]}
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    return scores, {"status": "ok", **info}
+
+
 def peers(args) -> None:
     import statistics
     import tempfile
@@ -243,6 +339,11 @@ def peers(args) -> None:
             return _kronfluence(strategy, damping, model, x, y, tx, ty, tmp), {"status": "ok"}
         return run
 
+    def dattri(method, scope, damping=0.01):  # ddprobe's default damping, where dattri's default is 0
+        def run():
+            return _dattri(method, scope, model, x, y, tx, ty, damping)
+        return run
+
     methods = {
         "ddprobe cg (head)": ddprobe("cg"),
         "ddprobe ekfac (all)": ddprobe("ekfac"),
@@ -253,6 +354,14 @@ def peers(args) -> None:
         "kronfluence ekfac (heuristic damping)": kron("ekfac", None),
         "kronfluence kfac (heuristic damping)": kron("kfac", None),
         "kronfluence ekfac (default damping 1e-8)": kron("ekfac", 1e-8),
+        "dattri explicit (head)": dattri("explicit", "head"),
+        "dattri cg (head)": dattri("cg", "head"),
+        "dattri explicit (head on features)": dattri("explicit", "head features"),
+        "dattri cg (head on features)": dattri("cg", "head features"),
+        "dattri lissa (head on features)": dattri("lissa", "head features"),
+        "dattri ekfac (head, its Linear modules)": dattri("ekfac", "head"),
+        "dattri explicit (all)": dattri("explicit", "all"),
+        "dattri cg (all)": dattri("cg", "all"),
     }
     if args.methods:
         unknown = set(args.methods) - set(methods)
