@@ -333,6 +333,28 @@ def plan_study(spec: Spec, measure: bool = True, threads: int | str | None = Non
     return plan
 
 
+def reporting_seconds(figures: int) -> float:
+    """What a run spends drawing: importing matplotlib (timed here, where this process has not yet) and ``figures``
+    figures at the cost of one timed save of a small labelled plot (probes and sets draw about one each)."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    start = time.perf_counter()
+    from .report.figures import plt, save
+
+    pyplot = plt()
+    imported = time.perf_counter() - start
+    start = time.perf_counter()
+    fig, ax = pyplot.subplots(figsize=(5, 3))
+    ax.plot(range(50), range(50), label="a")
+    ax.set_xlabel("x")
+    ax.legend()
+    with tempfile.TemporaryDirectory() as tmp:
+        save(fig, Path(tmp) / "timing.png")
+    return imported + figures * (time.perf_counter() - start)
+
+
 def process_seconds() -> float:
     """Seconds since this process started (Linux ``/proc``; 0.0 where that is not available)."""
     import os
@@ -442,6 +464,9 @@ def _plan_study(spec: Spec, measure: bool, budget: Any) -> Plan:
                              planned=items is not None))
 
     startup = process_seconds()
+    to_compute = sum(e.status == "to compute" for e in entries)
+    if measure and to_compute:
+        startup += reporting_seconds(to_compute)
     throughput = Throughput(spec.models, real.input_shape, real.num_classes, device, measure)
     throughput.measure_all((i.model, i.batch) for e in entries if e.status == "to compute" for i in e.items
                            if i.model is not None and i.seconds is None and not i.cached

@@ -77,7 +77,7 @@ def plan_command(
     line = f"{todo} to compute, {sum(1 for e in plan.entries if e.status == 'cached')} cached; "
     line += f"estimated time: {human_range(plan.seconds, plan.low, plan.high)}"
     if plan.startup:
-        line += f" (of which {human_seconds(plan.startup)} starting up and loading the data)"
+        line += f" (of which {human_seconds(plan.startup)} starting up, loading the data and drawing figures)"
     if plan.unknown:
         line += f" + unknown for {', '.join(plan.unknown)}"
     console.print(line)
