@@ -509,7 +509,7 @@ def _parse_probes(probe_raw: Any, models: dict[str, ModelSpec], distilled: dict[
         if opts is None:
             continue
         _check_references(opts, where, models, distilled, problems, study_sets)
-        _check_finding_expectations(plugin, expects, where, distilled, problems)
+        _check_finding_expectations(plugin, expects, where, study_sets, problems)
         probes.append(ProbeSpec(pid, kind, plugin, opts, expects, where=where))
     return probes
 
@@ -543,22 +543,22 @@ def _weights_path(value: Any, base_dir: Path, where: str, problems: list[str]) -
     return path
 
 
-def _check_finding_expectations(plugin: Any, expects: list[Expectation], where: str, distilled: dict,
+def _check_finding_expectations(plugin: Any, expects: list[Expectation], where: str, study_sets: list[str],
                                 problems: list[str]) -> None:
-    """A ``finding:<id>/<set>`` expectation must name a finding the probe declares and a set the study has."""
-    import re
+    """A ``finding:<id>/<set>`` expectation must name a finding the probe declares and a set the study has
+    (``study_sets``, from :func:`spec_checks.study_set_names`, whose imported sets' control is a glob)."""
+    import fnmatch
 
     declared = [f.id for f in getattr(plugin, "findings", ())]
-    sets = set(distilled) | {f"random_ipc{d.ipc}" for d in distilled.values() if getattr(d, "ipc", None)}
     for e in expects:
         if not e.is_finding:
             continue
         if e.finding_id not in declared:
             hint = suggest(e.finding_id, declared) if declared else f"probe kind {plugin.name!r} declares no findings"
             problems.append(f"{where}.expect.{e.metric}: no finding {e.finding_id!r}; {hint}")
-        if e.finding_set not in sets and not re.fullmatch(r"random_ipc\d+", e.finding_set):
+        if not any(fnmatch.fnmatchcase(e.finding_set, s) for s in study_sets):
             problems.append(f"{where}.expect.{e.metric}: no set {e.finding_set!r} in this study; "
-                            f"{suggest(e.finding_set, sets)}")
+                            f"{suggest(e.finding_set, study_sets)}")
 
 
 def _validate_plugin_options(options_model: type[BaseModel], table: dict, where: str, valid: list[str],

@@ -168,6 +168,8 @@ def test_findings_expectations_naming_what_cannot_exist_fail_validation(tmp_path
     assert bad_id.exit_code == 2 and "no finding 'pixel'" in bad_id.output and "pixels" in bad_id.output
     bad_set = _run(tmp_path, '"finding:pixels/dn" = "holds"', "validate")
     assert bad_set.exit_code == 2 and "no set 'dn'" in bad_set.output
+    no_control = _run(tmp_path, '"finding:pixels/random_ipc5" = "holds"', "validate")  # the study adds random_ipc1
+    assert no_control.exit_code == 2 and "no set 'random_ipc5'" in no_control.output
     bad_verdict = _run(tmp_path, '"finding:pixels/dm" = "yes"', "validate")
     assert bad_verdict.exit_code == 2 and "verdict" in bad_verdict.output
 
