@@ -219,8 +219,8 @@ class Sensitivity:
             metrics[f"{set_name}/spread_converged"] = float(ok["mean"].max() - ok["mean"].min()) if len(ok) else \
                 float("nan")
         spread_rows = []
-        for set_name, ds in sets.items():
-            control = self._control_for(ctx, ds, set_name)
+        for set_name in sets:
+            control = self._control_for(ctx, set_name)
             ratio = float("nan")
             if control is not None and spreads.get(control, 0) > 0:
                 ratio = spreads[set_name] / spreads[control]
@@ -247,12 +247,13 @@ class Sensitivity:
                            {"sensitivity": fig}, summary, info)
 
     @staticmethod
-    def _control_for(ctx, ds, set_name):
+    def _control_for(ctx, set_name):
+        """The set's own control (a control is its own); without one at its images per class, the first control."""
+        from ..findings.collect import control_for_set
+
         if set_name in ctx.controls:
             return set_name
-        same = [c for c in sorted(ctx.controls) if c in ctx.distilled
-                and ctx.distilled[c].manifest.ipc == ds.manifest.ipc]
-        return same[0] if same else (sorted(ctx.controls)[0] if ctx.controls else None)
+        return control_for_set(set_name, ctx) or (sorted(ctx.controls)[0] if ctx.controls else None)
 
     def _figure(self, ctx, table, sets, models, cells):
         import numpy as np

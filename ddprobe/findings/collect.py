@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -9,28 +10,26 @@ if TYPE_CHECKING:
     from .model import Finding
 
 
+def same_ipc_control(ipc: int | None, controls: Iterable[tuple[str, int | None]]) -> str | None:
+    """The control a set is compared with: the first (by name) random-real set at the same images per class."""
+    return next((name for name, other in sorted(controls) if ipc is not None and other == ipc), None)
+
+
 def control_for(set_name: str, distilled: dict[str, DistilledRecord]) -> str | None:
-    """The control a set is compared with: the random-real set at the same images per class."""
+    """After a study: a set's control among the distilled records (none for a control or a failed set)."""
     record = distilled.get(set_name)
     if record is None or record.control:
         return None
-    for name, other in distilled.items():
-        if other.control and other.ipc == record.ipc and other.status == "ok":
-            return name
-    return None
+    return same_ipc_control(record.ipc, [(n, r.ipc) for n, r in distilled.items() if r.control and r.status == "ok"])
 
 
 def control_for_set(set_name: str, ctx: Any) -> str | None:
-    """Inside a probe: the random-real control of ``ctx.distilled[set_name]`` (same images per class), if any."""
+    """Inside a probe: the control of ``ctx.distilled[set_name]`` among ``ctx.controls``, if any."""
     ds = ctx.distilled.get(set_name)
     if ds is None or set_name in ctx.controls:
         return None
-    ipc = ds.manifest.ipc
-    for name in ctx.controls:
-        other = ctx.distilled.get(name)
-        if other is not None and (other.manifest.ipc == ipc or ipc is None and len(other) == len(ds)):
-            return name
-    return None
+    return same_ipc_control(ds.manifest.ipc, [(n, ctx.distilled[n].manifest.ipc) for n in ctx.controls
+                                              if n in ctx.distilled])
 
 
 def study_findings(probes: list[ProbeRecord], distilled: dict[str, DistilledRecord]) -> list[Finding]:
