@@ -324,7 +324,10 @@ def plan_study(spec: Spec, measure: bool = True, threads: int | str | None = Non
         plan = _plan_study(spec, measure, budget)
     finally:
         threads_mod.set_torch_threads(before)
-    if count_startup and plan.entries and any(e.status == "to compute" for e in plan.entries):
+    to_compute = sum(e.status == "to compute" for e in plan.entries)
+    if count_startup and to_compute:
+        if measure:
+            plan.startup += reporting_seconds(to_compute)  # drawn by the run's process too, like its start-up
         plan.seconds += plan.startup
         plan.low += plan.startup
         plan.high += plan.startup * OVERHEAD
@@ -464,9 +467,6 @@ def _plan_study(spec: Spec, measure: bool, budget: Any) -> Plan:
                              planned=items is not None))
 
     startup = process_seconds()
-    to_compute = sum(e.status == "to compute" for e in entries)
-    if measure and to_compute:
-        startup += reporting_seconds(to_compute)
     throughput = Throughput(spec.models, real.input_shape, real.num_classes, device, measure)
     throughput.measure_all((i.model, i.batch) for e in entries if e.status == "to compute" for i in e.items
                            if i.model is not None and i.seconds is None and not i.cached
