@@ -49,18 +49,10 @@ def pool_bag(ctx: StudyContext, models: int, steps: int, batch: int) -> list[str
         times[mode] = time.perf_counter() - t0
     info = batched.compile_info()
     cs = float(info.get("compile_s", float("nan")))
-    steady = (times["always"] - cs) / bag_steps
     diff = max(float((predict(a, ctx.real.test.images) - predict(b, ctx.real.test.images)).abs().max())
                for a, b in zip(out["never"], out["always"], strict=True))
-    eager_step = times["never"] / bag_steps
-    gain = eager_step / steady
-    before = compiled.decide("auto", bag_steps, eager_step)
-    after = compiled.decide("auto", bag_steps, eager_step, gain=gain, compile_s=cs)
-    return [f"| pool, {models} models x {steps} steps, batch {batch} | {1000 * eager_step:.2f} | "
-            f"{1000 * steady:.2f} | {gain:.2f}x | {cs:.1f} | "
-            f"{times['never']:.1f} | {times['always']:.1f} | {times['never'] / times['always']:.2f}x | "
-            f"{'compile' if before.compile else 'eager'} / {'compile' if after.compile else 'eager'} | {diff:.1e} |",
-            f"<!-- {info} -->"]
+    return _row(f"pool, {models} models x {steps} steps, batch {batch}", bag_steps, times["never"],
+                times["always"], cs, diff, info)
 
 
 def loo_bag(ctx: StudyContext, n: int, steps: int) -> list[str]:
@@ -74,18 +66,25 @@ def loo_bag(ctx: StudyContext, n: int, steps: int) -> list[str]:
     for mode in ("never", "always"):
         res[mode] = exact_loo(init, x, y, tx, ty, recipe, strategy="serial", compile=mode)
     bag_steps = (n + 2) * steps
-    eager_step = res["never"].seconds / bag_steps
     cs = res["always"].compile.get("compile_s", float("nan"))
-    steady = (res["always"].seconds - cs) / bag_steps
-    gain = eager_step / steady
     diff = float((res["never"].loss_loo - res["always"].loss_loo).abs().max())
+    return _row(f"leave-one-out, {n} + 2 runs x {steps} steps, full batch", bag_steps, res["never"].seconds,
+                res["always"].seconds, cs, diff, res["always"].compile)
+
+
+def _row(label: str, bag_steps: int, eager_s: float, compiled_s: float, compile_s: float, diff: float,
+         info: object) -> list[str]:
+    """One table row: per-step times (the compiled one without its compile), bag times, and auto's decision
+    before and after it has measured this architecture."""
+    eager_step = eager_s / bag_steps
+    steady = (compiled_s - compile_s) / bag_steps
+    gain = eager_step / steady
     before = compiled.decide("auto", bag_steps, eager_step)
-    after = compiled.decide("auto", bag_steps, eager_step, gain=gain, compile_s=cs)
-    return [f"| leave-one-out, {n} + 2 runs x {steps} steps, full batch | {1000 * eager_step:.2f} | "
-            f"{1000 * steady:.2f} | {gain:.2f}x | {cs:.1f} | {res['never'].seconds:.1f} | "
-            f"{res['always'].seconds:.1f} | {res['never'].seconds / res['always'].seconds:.2f}x | "
+    after = compiled.decide("auto", bag_steps, eager_step, gain=gain, compile_s=compile_s)
+    return [f"| {label} | {1000 * eager_step:.2f} | {1000 * steady:.2f} | {gain:.2f}x | {compile_s:.1f} | "
+            f"{eager_s:.1f} | {compiled_s:.1f} | {eager_s / compiled_s:.2f}x | "
             f"{'compile' if before.compile else 'eager'} / {'compile' if after.compile else 'eager'} | {diff:.1e} |",
-            f"<!-- {res['always'].compile} -->"]
+            f"<!-- {info} -->"]
 
 
 def main() -> None:
