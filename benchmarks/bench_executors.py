@@ -8,6 +8,9 @@
    and stacked (``mode="batched"``, ``chunk`` models per task).
 2. One leave-one-out bag (``ddprobe.influence.exact_loo``): ``n + 2`` full-batch retrainings (``--loo-steps``) of
    the MLP on the first 10 real training images of each class.
+3. The distilled sets of a study (``ddprobe.study.prepare``): DM and MTT at 1 and 10 images per class with an MLP
+   (``--distill-iterations``), MTT's ``--experts`` expert trajectories first (``prepare``, a bag of its own), then
+   one task per set; the random-real controls are made on the driver.
 
 Every executor first trains a tiny pool (not timed), so a Ray worker's one-time imports are not counted; the Ray
 instance's start-up is printed separately.
@@ -46,6 +49,28 @@ def context(executor: str, cache_dir: Path, workers: int):
                         data_key={"dataset": "digits"}, workers=workers, executor_kind=executor)
 
 
+def distill_study(executor: str, args: argparse.Namespace) -> tuple[float, dict[str, str]]:
+    """Wall seconds of making a study's distilled sets on ``executor`` with a fresh cache, and each set's hash."""
+    from ddprobe.spec import load_spec
+    from ddprobe.study import prepare
+
+    mlp = {"model": "mlp", "iterations": args.distill_iterations}
+    mtt = {**mlp, "distiller": "mtt", "num_experts": args.experts, "expert_train_epochs": 4, "expert_epochs": 2,
+           "max_start_epoch": 2, "syn_steps": 10}
+    with tempfile.TemporaryDirectory() as d:
+        spec = load_spec({
+            "study": {"seed": 0, "executor": executor, "workers": args.workers, "cache_dir": d},
+            "models": {"mlp": {"arch": "mlp", "hidden": 64}},
+            "distilled": {"dm1": {**mlp, "distiller": "dm", "ipc": 1}, "dm10": {**mlp, "distiller": "dm", "ipc": 10},
+                          "mtt1": {**mtt, "ipc": 1}, "mtt10": {**mtt, "ipc": 10}},
+        })
+        t = time.perf_counter()
+        study = prepare(spec, Path(d) / "out")
+        seconds = time.perf_counter() - t
+        assert not study.errors, study.errors
+        return seconds, {n: r.sha256 for n, r in study.distilled.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", type=int, default=64)
@@ -53,6 +78,8 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=20, help="epochs of each pool member over its subset")
     ap.add_argument("--loo-steps", type=int, default=300, help="full-batch steps of each leave-one-out retraining")
+    ap.add_argument("--distill-iterations", type=int, default=100, help="iterations of each distilled set")
+    ap.add_argument("--experts", type=int, default=8, help="MTT expert trajectories (shared by both MTT sets)")
     args = ap.parse_args()
 
     import torch
@@ -113,6 +140,12 @@ def main() -> None:
         loo_ref = loo_ref if loo_ref is not None else res
         same = torch.equal(res.influence, loo_ref.influence) and torch.equal(res.noise, loo_ref.noise)
         rows.append((f"leave-one-out bag, {len(idx) + 2} retrainings", name, seconds, same))
+        print(rows[-1], flush=True)
+    for name in ("serial", "processes", "ray"):
+        seconds, hashes = distill_study(name, args)
+        reference.setdefault("sets", hashes)
+        rows.append((f"4 distilled sets (DM, MTT x 1 and 10 ipc; {args.experts} experts)", name, seconds,
+                     hashes == reference["sets"]))
         print(rows[-1], flush=True)
     ray_ex.close()
 

@@ -164,6 +164,10 @@ class _Base:
             self.__dict__["_executor"] = cached
         return cached[1]
 
+    def use_executor(self, executor: Executor) -> None:
+        """Run this context's bags on ``executor`` (made for the same ``[study] executor`` and ``workers``)."""
+        self.__dict__["_executor"] = ((self.executor_kind, self.workers), executor)
+
     def task_context(self) -> TaskContext:
         """What a task on a worker needs to build, seed and train this study's models (picklable, no data)."""
         return TaskContext(self.seed, self.models, tuple(self.real.input_shape), self.real.num_classes, self.recipe,

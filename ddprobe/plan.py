@@ -1,7 +1,7 @@
 """A dry run of a study: what it would compute, what is already cached, and how long the rest should take.
 
 Distilled sets, probe results and trained models are looked up in the cache under the same keys the study uses
-(``ddprobe.study.distilled_cache_parts``, ``_probe_cache_key`` and ``StudyContext.model_cache_parts``). The
+(``ddprobe.sets.distilled_cache_parts``, ``_probe_cache_key`` and ``StudyContext.model_cache_parts``). The
 work inside a set or a probe is known only when its plugin says so through the optional extension ``plan``:
 
 - distiller: ``plan(ctx, ipc, options) -> list[PlanItem]``
@@ -149,25 +149,44 @@ class Plan:
     def seconds_with(self, workers: int, task_overhead: float = 0.0) -> float:
         """The estimate with ``workers`` tasks at once: each item of ``count`` independent units (trainings,
         checkpoints) as a bag spread over the workers, ``ceil(count / workers)`` units long, plus
-        ``task_overhead`` seconds per unit; single units stay serial. An upper bound on the speed-up: the
-        driver's own work, stacked (vmap) training of several units in one task, and data shipping are not
-        modelled."""
+        ``task_overhead`` seconds per unit; single units stay serial, except that the distilled sets to compute
+        are themselves one bag (one task per set, its single units in order; the longest first over the
+        workers). An upper bound on the speed-up: the driver's own work, stacked (vmap) training of several
+        units in one task, and data shipping are not modelled."""
         import math
 
         total = self.startup
+        per_set: list[float] = []  # each distilled set's own work: one task of the bag of sets
         for entry in self.entries:
             if entry.status != "to compute" or entry.seconds is None:
                 continue
-            if not entry.items:
-                total += entry.seconds
+            own = 0.0 if entry.items else entry.seconds
             for item in entry.items:
                 if item.cached or item.shared or item.seconds is None:
                     continue
                 count = max(1, item.count)
                 per_unit = item.seconds / count
-                rounds = math.ceil(count / max(1, workers)) if count > 1 else 1
-                total += rounds * per_unit + (task_overhead * rounds if count > 1 and workers > 1 else 0.0)
-        return total
+                if count == 1:
+                    own += per_unit
+                    continue
+                rounds = math.ceil(count / max(1, workers))
+                total += rounds * per_unit + (task_overhead * rounds if workers > 1 else 0.0)
+            if entry.section == "distilled":
+                per_set.append(own)
+            else:
+                total += own
+        return total + longest_first(per_set, workers, task_overhead)
+
+
+def longest_first(durations: list[float], workers: int, task_overhead: float = 0.0) -> float:
+    """When the last of ``durations`` ends, each started on the least busy of ``workers``, the longest first."""
+    if workers <= 1 or len(durations) <= 1:
+        return sum(durations)
+    load = [0.0] * min(workers, len(durations))
+    for d in sorted(durations, reverse=True):
+        i = load.index(min(load))
+        load[i] += d + task_overhead
+    return max(load)
 
 
 class Throughput:
@@ -375,16 +394,9 @@ def _plan_study(spec: Spec, measure: bool, budget: Any) -> Plan:
     from .context import StudyContext, resolve_device
     from .plugins import load_plugins
     from .progress import Progress
+    from .sets import build_distilled, distilled_cache_parts
     from .spec import DistilledSpec
-    from .study import (
-        _probe_cache_key,
-        build_distilled,
-        control_specs,
-        data_key,
-        distilled_cache_parts,
-        load_real,
-        make_cache,
-    )
+    from .study import _probe_cache_key, control_specs, data_key, load_real, make_cache
 
     load_plugins()
     device = resolve_device(spec.study.device)

@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .cache import Cache
-from .context import DistillContext, StudyContext, resolve_device
+from .context import StudyContext, resolve_device
 from .errors import DDProbeError
+from .executor import make_executor
 from .guard import InputGuard, InputMutatedError
 from .names import file_part, inside
 from .plugins import get_plugins, load_plugins
 from .progress import Progress
 from .results import Check, DistilledRecord, ProbeRecord, ProbeResult, StudyResults, result_problems
+from .sets import build_distilled, cached_set, distill_sets, failure, import_set, real_changed
 
 if TYPE_CHECKING:
     from .data import DistilledSet, RealData
@@ -80,95 +82,9 @@ def data_key(spec: Spec, real: RealData) -> dict[str, Any]:
             "test": content_hash(real.test.images, real.test.labels)[:16]}
 
 
-def real_changed(real: RealData, dkey: dict[str, Any]) -> bool:
-    """Whether the real data no longer hashes to what :func:`data_key` recorded."""
-    from .guard import real_hashes
-
-    return tuple(h[:16] for h in real_hashes(real)) != (dkey.get("train"), dkey.get("test"))
-
-
 def make_cache(spec: Spec, no_cache: bool = False) -> Cache:
     root = (spec.base_dir / spec.study.cache_dir) if spec.study.cache_dir else None
     return Cache(root, read=not no_cache)
-
-
-def _distill_ctx(spec: Spec, real: RealData, cache: Cache, device: str, dkey: dict, progress: Progress,
-                 name: str) -> DistillContext:
-    ckpt = cache.root / "distill-checkpoints"
-    return DistillContext(spec.study.seed, real, spec.models, spec.train, cache, device, progress, dkey,
-                          spec.study.workers, spec.study.executor, spec.study.ray, name=name, checkpoint_dir=ckpt)
-
-
-def distilled_cache_parts(spec: Spec, dspec: DistilledSpec, dkey: dict) -> dict[str, Any]:
-    """Everything that determines a distilled set: distiller, its code, options, ipc, seed, real data, models."""
-    from .fingerprint import code_fingerprint
-
-    return {"distiller": dspec.distiller, "code": code_fingerprint(dspec.plugin),
-            "options": dspec.options.model_dump(mode="json"), "ipc": dspec.ipc, "seed": spec.study.seed,
-            "real": dkey,
-            "models": {k: v.key() for k, v in spec.models.items()} if dspec.distiller != "random" else None}
-
-
-def build_distilled(spec: Spec, dspec: DistilledSpec, real: RealData, cache: Cache, device: str, dkey: dict,
-                    progress: Progress) -> tuple[DistilledSet, bool]:
-    """Import or distill one set (distilled sets are cached by content of what makes them). Returns (set, cached).
-
-    An imported set's content hash is computed here (a hash its manifest claims is checked, never trusted); a
-    cached set is verified against its digests and refitted to the real data, and recomputed when it fails.
-    """
-    from .builtin.importers import import_file
-    from .data import check_compatible, content_hash, load_distilled, save_distilled, verify_content_hash
-
-    if dspec.path is not None:
-        from .spaces import adopt
-
-        where = f"{dspec.name!r} ({dspec.path})"
-        ds = import_file(dspec.path, dspec.importer)
-        verify_content_hash(ds, str(dspec.path))  # a hash the file's manifest claims must be the file's
-        ds.classes = list(real.classes) if len(ds.classes) <= real.num_classes else ds.classes
-        check_compatible(ds, real, where=where, space=False)  # shape, labels, values: before the space
-        ds.manifest.warnings = adopt(ds, real, dspec.name, dspec.input_space, where=where)
-        if dspec.learned_lr is not None:
-            ds.manifest.learned_lr, ds.manifest.learned_lr_source = dspec.learned_lr, "spec (learned_lr)"
-        if ds.manifest.input_space is None:
-            ds.manifest.input_space = real.space
-        ds.manifest.name = dspec.name
-        ds.manifest.source_dataset = ds.manifest.source_dataset or real.name
-        check_compatible(ds, real, where=where)
-        ds.manifest.sha256 = content_hash(ds.images, ds.labels)  # of what the probes see, after any conversion
-        return ds, False
-    key = cache.key("distilled", distilled_cache_parts(spec, dspec, dkey))
-
-    def load(d: Path) -> DistilledSet:
-        got = load_distilled(d / "set.safetensors")
-        check_compatible(got, real, where=f"{dspec.name!r} (cached)")
-        return got
-
-    found = cache.load_directory("distilled", key, load)
-    if found is not None:
-        ds = found[0]
-        ds.manifest.name = dspec.name
-        return ds, True
-    ctx = _distill_ctx(spec, real, cache, device, dkey, progress, dspec.name)
-    start = time.perf_counter()
-    ds = dspec.plugin.distill(real, dspec.ipc, dspec.options, ctx)
-    seconds = time.perf_counter() - start
-    ds = ds.to("cpu")
-    m = ds.manifest
-    m.name, m.distiller, m.ipc = dspec.name, dspec.distiller, dspec.ipc
-    m.options = dspec.options.model_dump(mode="json")
-    m.seed, m.seconds, m.source_dataset = spec.study.seed, seconds, real.name
-    m.input_space = m.input_space or real.space
-    m.ddprobe_version = __version__
-    m.sha256 = content_hash(ds.images, ds.labels)  # of what is returned, whatever the distiller's manifest said
-    check_compatible(ds, real, where=repr(dspec.name))
-    if "train" in dkey and real_changed(real, dkey):
-        raise InputMutatedError(
-            f"distiller {dspec.distiller!r} changed the real data in place while making {dspec.name!r}; a "
-            f"distiller must leave `real` unchanged (copy a tensor before changing it). The set is not kept or "
-            f"cached, and the real data is loaded again for the rest of the study.")
-    cache.store_directory("distilled", key, lambda d: save_distilled(ds, d / "set"), check=load)
-    return ds, False
 
 
 def control_specs(spec: Spec, sets: dict[str, DistilledSet]) -> list[DistilledSpec]:
@@ -454,22 +370,25 @@ def prepare(spec: Spec, output_dir: Path, no_cache: bool = False, console: Any =
     sets: dict[str, DistilledSet] = {}
     records: dict[str, DistilledRecord] = {}
     errors: list[str] = []
+    controls: list[DistilledSpec] = []
 
-    def add(dspec: DistilledSpec, control: bool = False) -> None:
+    def record(dspec: DistilledSpec, build: Callable[[], tuple[DistilledSet, bool]], control: bool = False,
+               seconds: float | None = None) -> None:
+        """Build one set (``build() -> (set, cached)``) and record it, or record why it failed."""
         nonlocal real
         start = time.perf_counter()
         try:
-            ds, cached = build_distilled(spec, dspec, real, cache, device, dkey, progress)
+            ds, cached = build()
         except KeyboardInterrupt:
             records[dspec.name] = DistilledRecord(dspec.name, dspec.distiller, dspec.ipc, 0, "",
                                                   time.perf_counter() - start,
                                                   str(dspec.path) if dspec.path else None, control, "interrupted",
                                                   INTERRUPTED)
-            raise Interrupted(records, errors, device, cache) from None
+            raise
         except Exception as exc:
-            if isinstance(exc, InputMutatedError):  # the next sets and the probes get the real data unchanged
+            if isinstance(exc, InputMutatedError) and real_changed(real, dkey):  # the rest get the real data
                 real = load_real(spec)
-            msg = f"{type(exc).__name__}: {exc}"
+            msg = failure(exc)
             records[dspec.name] = DistilledRecord(dspec.name, dspec.distiller, dspec.ipc, 0, "", None,
                                                   str(dspec.path) if dspec.path else None, control, "error", msg)
             errors.append(f"distilled set {dspec.name!r}: {msg}")
@@ -481,24 +400,56 @@ def prepare(spec: Spec, output_dir: Path, no_cache: bool = False, console: Any =
             from rich.markup import escape
 
             _say(console, f"[yellow]warning:[/yellow] {escape(warning)}")
-        records[dspec.name] = DistilledRecord(
-            dspec.name, m.distiller, m.ipc, len(ds), m.sha256 or "",
-            m.seconds if cached or dspec.path else time.perf_counter() - start,
-            str(dspec.path) if dspec.path else None, control)
+        if seconds is None:
+            seconds = m.seconds if cached or dspec.path else time.perf_counter() - start
+        records[dspec.name] = DistilledRecord(dspec.name, m.distiller, m.ipc, len(ds), m.sha256 or "", seconds,
+                                              str(dspec.path) if dspec.path else None, control)
 
-    for dspec in spec.distilled.values():
-        with progress.task(f"distilled set {dspec.name}", total=None):
-            add(dspec)
-    controls = control_specs(spec, sets) if spec.study.control else []
-    for cspec in controls:
-        if cspec.name not in sets:
-            add(cspec, control=True)
+    to_distill: list[DistilledSpec] = []
+    executor = make_executor(spec.study.executor, spec.study.workers, spec.study.ray)
+    try:
+        for dspec in spec.distilled.values():  # imported and cached sets first; the rest is one bag of work
+            if dspec.path is not None:
+                record(dspec, lambda d=dspec: (import_set(d, real), False))
+                continue
+            found = cached_set(spec, dspec, real, cache, dkey)
+            if found is None:
+                to_distill.append(dspec)
+            else:
+                record(dspec, lambda ds=found: (ds, True))
+        distill_sets(spec, to_distill, real, cache, device, dkey, progress, executor,
+                     lambda d, result, seconds: record(d, lambda: (result(), False), seconds=seconds))
+        controls = control_specs(spec, sets) if spec.study.control else []
+        for cspec in controls:
+            if cspec.name not in sets:
+                with progress.task(f"distilled set {cspec.name}", total=None):
+                    record(cspec, lambda c=cspec: build_distilled(spec, c, real, cache, device, dkey, progress),
+                           control=True)
+    except KeyboardInterrupt:
+        executor.close()
+        for dspec in to_distill:
+            records.setdefault(dspec.name, DistilledRecord(dspec.name, dspec.distiller, dspec.ipc, 0, "", None, None,
+                                                           False, "interrupted", INTERRUPTED))
+        raise Interrupted(_in_order(records, spec, controls), errors, device, cache) from None
+    except BaseException:
+        executor.close()
+        raise
+    order = [*spec.distilled, *(c.name for c in controls)]  # the spec's order, whichever set ended first
+    sets = {n: sets[n] for n in order if n in sets}
+    records = _in_order(records, spec, controls)
     ctx = StudyContext(spec.study.seed, real, spec.models, spec.train, cache, device, progress, dkey,
                        spec.study.workers, spec.study.executor, spec.study.ray, distilled=sets,
                        compile_mode=spec.study.compile,
                        pretrain_recipe=spec.pretrain, output_dir=output_dir,
                        controls={c.name for c in controls})
+    ctx.use_executor(executor)  # the one that made the sets (a local Ray instance is started once per run)
     return Study(spec, ctx, output_dir, distilled=records, errors=errors, console=console)
+
+
+def _in_order(records: dict[str, DistilledRecord], spec: Spec, controls: list[DistilledSpec]
+              ) -> dict[str, DistilledRecord]:
+    order = [*spec.distilled, *(c.name for c in controls)]
+    return {n: records[n] for n in order if n in records}
 
 
 def run_study(spec: Spec | str | Path, output_dir: str | Path | None = None, only: list[str] | None = None,

@@ -307,3 +307,21 @@ def test_plan_estimate_for_n_workers_spreads_each_bag_over_them():
     assert plan.seconds_with(4) == pytest.approx(3 * 1.0 + 2.0)  # ceil(10 / 4) rounds of one retraining
     assert plan.seconds_with(4, task_overhead=0.1) == pytest.approx(3 * 1.1 + 2.0)
     assert plan.seconds_with(100) == pytest.approx(1.0 + 2.0)
+
+
+def test_plan_estimate_for_n_workers_runs_the_distilled_sets_as_one_bag():
+    from ddprobe.plan import Entry, Plan, PlanItem
+
+    def distilled(name: str, seconds: float, experts: PlanItem | None = None) -> Entry:
+        items = [PlanItem(f"{name} iterations", count=1, seconds=seconds)] + ([experts] if experts else [])
+        return Entry("distilled", name, "d", "to compute", items, seconds=sum(i.seconds for i in items),
+                     planned=True)
+
+    experts = PlanItem("4 experts", count=4, seconds=8.0)  # shared work, itself a bag (prepare, on the driver)
+    plan = Plan("s", "cpu", "/c", [distilled("a", 6.0, experts), distilled("b", 4.0), distilled("c", 3.0),
+                                   Entry("distilled", "cached", "d", "cached", [PlanItem("x", seconds=50.0)])],
+                {}, 21.0, [])
+    assert plan.seconds_with(1) == pytest.approx(21.0)
+    # experts: 2 rounds of 2 s; sets: a (6) on one worker, b then c (4 + 3) on the other
+    assert plan.seconds_with(2) == pytest.approx(4.0 + 7.0)
+    assert plan.seconds_with(3) == pytest.approx(4.0 + 6.0)

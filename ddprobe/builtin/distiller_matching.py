@@ -150,6 +150,14 @@ class TrajectoryMatching(_Distiller):
     description = "trajectory matching (MTT, Cazenavette et al. 2022) with cached experts and a learned lr"
     module = "ddprobe.distill.mtt"
 
+    def prepare(self, real, ipc: int, options, ctx) -> None:
+        """The expert trajectories every MTT set of the study shares: trained (a bag on the study's executor) and
+        cached on the driver before the sets are distilled, so sets distilled in parallel do not each train them."""
+        from ..distill.common import resolve_model
+        from ..distill.mtt import ensure_experts
+
+        ensure_experts(ctx, resolve_model(ctx, options.model, self.name), real, options)
+
     def plan(self, ctx, ipc: int, options):
         """Expert trajectories (cached and shared across sets), then unrolled student steps and their backward."""
         import math

@@ -72,13 +72,36 @@ def expert_parts(ctx, spec, options, index: int) -> dict[str, Any]:
 
 
 def ensure_experts(ctx, spec, real, options) -> None:
-    """Train (or find in the cache) every expert, with a progress bar."""
+    """Train (or find in the cache) every expert, with a progress bar: a bag of independent trainings on the study's
+    executor, each trajectory cached as it arrives (an interrupted run keeps the experts it finished)."""
+    missing = [i for i in range(options.num_experts)
+               if not ctx.cache.has("mtt-experts", ctx.cache.key("mtt-experts", expert_parts(ctx, spec, options, i)))]
     with ctx.progress.task(f"mtt experts {ctx.name}".strip(), total=options.num_experts) as task:
-        for i in range(options.num_experts):
-            key = ctx.cache.key("mtt-experts", expert_parts(ctx, spec, options, i))
-            if not ctx.cache.has("mtt-experts", key):
+        task.advance(options.num_experts - len(missing))
+        ex = ctx.executor
+        if len(missing) < 2 or not ex.parallel(ctx.device):
+            for i in missing:
                 load_expert(ctx, spec, real, options, i)
-            task.advance()
+                task.advance()
+            return
+        shared = ex.share((ctx.task_context(), spec, real, options))
+        rounds = 2 * ex.workers  # trajectories held by the driver at once
+
+        for start in range(0, len(missing), rounds):
+            part = missing[start:start + rounds]
+
+            def store(i: int, trajectory: torch.Tensor, part=part) -> None:
+                ctx.cache.store_tensors("mtt-experts", expert_parts(ctx, spec, options, part[i]),
+                                        {"trajectory": trajectory})
+                task.advance()
+
+            ex.map(expert_task, part, shared=shared, on_result=store)
+
+
+def expert_task(shared, index: int) -> torch.Tensor:
+    """One expert's trajectory on a worker: ``shared`` is (task context, network, real data, options)."""
+    task_ctx, spec, real, options = shared
+    return train_expert(task_ctx, spec, real, options, index)
 
 
 def load_expert(ctx, spec, real, options, index: int) -> torch.Tensor:
