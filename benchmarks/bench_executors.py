@@ -56,7 +56,7 @@ def distill_study(executor: str, args: argparse.Namespace) -> tuple[float, dict[
 
     mlp = {"model": "mlp", "iterations": args.distill_iterations}
     mtt = {**mlp, "distiller": "mtt", "num_experts": args.experts, "expert_train_epochs": 4, "expert_epochs": 2,
-           "max_start_epoch": 2, "syn_steps": 10}
+           "max_start_epoch": 2, "syn_steps": 10, "lr_img": 10.0}
     with tempfile.TemporaryDirectory() as d:
         spec = load_spec({
             "study": {"seed": 0, "executor": executor, "workers": args.workers, "cache_dir": d},
@@ -71,41 +71,15 @@ def distill_study(executor: str, args: argparse.Namespace) -> tuple[float, dict[
         return seconds, {n: r.sha256 for n, r in study.distilled.items()}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--models", type=int, default=64)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--chunk", type=int, default=16)
-    ap.add_argument("--epochs", type=int, default=20, help="epochs of each pool member over its subset")
-    ap.add_argument("--loo-steps", type=int, default=300, help="full-batch steps of each leave-one-out retraining")
-    ap.add_argument("--distill-iterations", type=int, default=100, help="iterations of each distilled set")
-    ap.add_argument("--experts", type=int, default=8, help="MTT expert trajectories (shared by both MTT sets)")
-    args = ap.parse_args()
-
+def bench_pools(args: argparse.Namespace, ray_ex, rows: list) -> None:
+    """An agreement subset pool, one by one and stacked, on each executor."""
     import torch
 
-    torch.set_num_threads(1)
-    from ddprobe import influence as inf
-    from ddprobe.executor import RayOptions, make_executor
     from ddprobe.pools import subset_pool
     from ddprobe.training import TrainRecipe
 
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()} at start; torch threads 1 per task")
-    t = time.perf_counter()
-    ray_ex = make_executor("ray", args.workers, RayOptions(local_cpus=args.workers))
-    ray_ex.connect()
-    print(f"Ray local instance ({args.workers} CPUs) started in {time.perf_counter() - t:.1f} s (not counted below)")
-
-    print("\n| executor | per-task overhead (ms, 200 trivial tasks) |\n|---|---|")
-    for name in ("serial", "processes", "ray"):
-        ex = ray_ex if name == "ray" else make_executor(name, args.workers)
-        ex.map(_noop, range(8), shared=b"x")  # warm-up
-        t = time.perf_counter()
-        ex.map(_noop, range(200), shared=b"x")
-        print(f"| {name} | {(time.perf_counter() - t) / 200 * 1000:.2f} |")
-
     recipe = TrainRecipe(epochs=args.epochs, batch_size=64, lr=0.05)
-    rows, reference = [], {}
+    reference = {}
     for name in ("serial", "processes", "ray"):  # warm-up: a Ray worker imports torch and ddprobe once, not timed
         with tempfile.TemporaryDirectory() as d:
             for mode in ("sequential", "batched"):
@@ -124,6 +98,15 @@ def main() -> None:
             rows.append((f"subset pool, {args.models} models, {mode}", name, seconds, same))
             print(rows[-1], flush=True)
 
+
+def bench_loo(args: argparse.Namespace, ray_ex, rows: list) -> None:
+    """One leave-one-out bag on each executor."""
+    import torch
+
+    from ddprobe import influence as inf
+    from ddprobe.executor import make_executor
+    from ddprobe.training import TrainRecipe
+
     ctx = context("serial", Path(tempfile.mkdtemp()), 1)
     idx = torch.cat([torch.nonzero(ctx.real.train.labels == c).flatten()[:10] for c in range(10)])
     images, labels = ctx.real.train.images[idx], ctx.real.train.labels[idx]
@@ -141,12 +124,57 @@ def main() -> None:
         same = torch.equal(res.influence, loo_ref.influence) and torch.equal(res.noise, loo_ref.noise)
         rows.append((f"leave-one-out bag, {len(idx) + 2} retrainings", name, seconds, same))
         print(rows[-1], flush=True)
+
+
+def bench_sets(args: argparse.Namespace, ray_ex, rows: list) -> None:
+    """A study's four distilled sets (and MTT's experts) on each executor."""
+    warm = argparse.Namespace(**{**vars(args), "distill_iterations": 2, "experts": 2})
+    for name in ("serial", "processes", "ray"):  # warm-up, not timed: first calls of the distillers and DSA
+        distill_study(name, warm)
+    reference = None
     for name in ("serial", "processes", "ray"):
         seconds, hashes = distill_study(name, args)
-        reference.setdefault("sets", hashes)
-        rows.append((f"4 distilled sets (DM, MTT x 1 and 10 ipc; {args.experts} experts)", name, seconds,
-                     hashes == reference["sets"]))
+        reference = reference or hashes
+        rows.append((f"4 distilled sets (DM, MTT x 1 and 10 ipc, {args.distill_iterations} iterations; "
+                     f"{args.experts} experts)", name, seconds, hashes == reference))
         print(rows[-1], flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--chunk", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=20, help="epochs of each pool member over its subset")
+    ap.add_argument("--loo-steps", type=int, default=300, help="full-batch steps of each leave-one-out retraining")
+    ap.add_argument("--distill-iterations", type=int, default=400, help="iterations of each distilled set")
+    ap.add_argument("--experts", type=int, default=8, help="MTT expert trajectories (shared by both MTT sets)")
+    ap.add_argument("--bags", default="pools,loo,sets", help="which bags to time, comma-separated")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    from ddprobe.executor import RayOptions, make_executor
+
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()} at start; torch threads 1 per task")
+    t = time.perf_counter()
+    ray_ex = make_executor("ray", args.workers, RayOptions(local_cpus=args.workers))
+    ray_ex.connect()
+    print(f"Ray local instance ({args.workers} CPUs) started in {time.perf_counter() - t:.1f} s (not counted below)")
+
+    print("\n| executor | per-task overhead (ms, 200 trivial tasks) |\n|---|---|")
+    for name in ("serial", "processes", "ray"):
+        ex = ray_ex if name == "ray" else make_executor(name, args.workers)
+        ex.map(_noop, range(8), shared=b"x")  # warm-up
+        t = time.perf_counter()
+        ex.map(_noop, range(200), shared=b"x")
+        print(f"| {name} | {(time.perf_counter() - t) / 200 * 1000:.2f} |")
+
+    rows: list[tuple[str, str, float, bool]] = []
+    bags = {"pools": bench_pools, "loo": bench_loo, "sets": bench_sets}
+    for bag in args.bags.split(","):
+        bags[bag](args, ray_ex, rows)
     ray_ex.close()
 
     print(f"\nload average at end {os.getloadavg()}")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .cache import Cache
+from .cache import DRIVER_TOKEN_PREFIX, Cache
 from .context import DistillContext
 from .guard import InputMutatedError
 from .progress import Progress
@@ -205,9 +205,7 @@ class DistillTask:
     cache_salt: str
     cache_read: bool
     token: str  # the name of a file the driver keeps in its cache while the bag runs
-
-
-TOKEN_PREFIX = ".driver-"
+    fresh: frozenset = frozenset()  # entries the driver wrote in this run (trusted under --no-cache)
 
 
 def worker_cache(task: DistillTask) -> Cache:
@@ -215,9 +213,12 @@ def worker_cache(task: DistillTask) -> Cache:
     from .cache import default_cache_dir
 
     root = Path(task.cache_root)
-    if not (root / task.token).is_file():
-        root = default_cache_dir()
-    return Cache(root, read=task.cache_read, salt=task.cache_salt, report=lambda message: None)
+    shared = (root / task.token).is_file()
+    cache = Cache(root if shared else default_cache_dir(), read=task.cache_read, salt=task.cache_salt,
+                  report=lambda message: None)
+    if shared:
+        cache.fresh |= task.fresh
+    return cache
 
 
 def run_task(real: RealData, task: DistillTask) -> Made:
@@ -266,7 +267,7 @@ def distill_sets(spec: Spec, dspecs: list[DistilledSpec], real: RealData, cache:
                 done(dspec, lambda d=dspec, c=ctx: finish(spec, d, distill_here(d, real, c, dkey), real, cache,
                                                           dkey), None)
         return
-    token = TOKEN_PREFIX + secrets.token_hex(8)
+    token = DRIVER_TOKEN_PREFIX + secrets.token_hex(8)
     marker = cache.root / token
     try:
         cache.root.mkdir(parents=True, exist_ok=True)
@@ -274,7 +275,7 @@ def distill_sets(spec: Spec, dspecs: list[DistilledSpec], real: RealData, cache:
     except OSError:
         pass  # a read-only cache: every worker uses its own
     tasks = [DistillTask(spec.study.seed, spec.models, spec.train, d, dkey, device, str(cache.root), cache.salt,
-                         cache.read, token) for d in ready]
+                         cache.read, token, frozenset(cache.fresh)) for d in ready]
     try:
         with progress.task(f"distilled sets ({len(ready)}, {executor.name})", total=len(ready)) as bar:
             def arrived(i: int, made: Made) -> None:

@@ -174,8 +174,10 @@ def test_distilled_sets_run_as_one_bag_in_processes_with_the_serial_numbers(tmp_
     assert not list((d / "cache").glob(".driver-*"))  # the token is gone when the bag ends
 
 
-def test_mtt_experts_are_trained_once_on_the_driver_before_the_sets(tmp_path, one_thread, monkeypatch):
-    """Two MTT sets share their experts: prepare() trains them as a bag and caches them; neither set retrains."""
+@pytest.mark.parametrize("no_cache", [False, True], ids=["cache", "no-cache"])
+def test_mtt_experts_are_trained_once_on_the_driver_before_the_sets(tmp_path, one_thread, monkeypatch, no_cache):
+    """Two MTT sets share their experts: prepare() trains them as a bag and caches them; neither set retrains,
+    even under --no-cache (which distrusts earlier runs' entries, not this run's)."""
     import ddprobe.distill.mtt as mtt
 
     (tmp_path / "s.toml").write_text("""
@@ -222,7 +224,7 @@ formats = ["json"]
         return train_expert(ctx, spec, real, options, index)
 
     monkeypatch.setattr(mtt, "train_expert", logged)
-    results = run_study(tmp_path / "s.toml", tmp_path / "out")
+    results = run_study(tmp_path / "s.toml", tmp_path / "out", no_cache=no_cache)
     assert results.exit_code == 0, results.errors
     trained = [line.split() for line in log.read_text().splitlines()]
     assert sorted(i for _, i in trained) == ["0", "1", "2"]  # each expert once, though two sets use them
@@ -277,3 +279,90 @@ def ray_local():
 def test_distilled_sets_on_ray_give_the_serial_numbers(ray_local, tmp_path, one_thread):
     serial, _ = _run(tmp_path, "serial")
     _check_bag(tmp_path, "ray", serial)
+
+
+STOPPER = '''
+import os
+import signal
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+from ddprobe import hookimpl
+
+
+class Stopper:
+    name = "stopper"
+    description = "the first time, presses Ctrl-C on the driver from its worker; afterwards the first ipc images"
+
+    class Options(BaseModel):
+        marker: str = ""
+
+    def distill(self, real, ipc, options, ctx):
+        import torch
+
+        from ddprobe.data import DistilledSet, Manifest
+
+        marker = Path(options.marker)
+        if not marker.exists():
+            marker.write_text("stopped once")
+            os.kill(os.getppid(), signal.SIGINT)  # the driver, which started this worker process
+            time.sleep(30)
+        index = torch.cat([idx[:ipc] for idx in real.train.class_indices()])
+        sub = real.train.subset(index)
+        return DistilledSet(sub.images.clone(), sub.hard_labels.clone(), real.classes, manifest=Manifest(ipc=ipc))
+
+
+@hookimpl
+def register_distillers(register):
+    register(Stopper())
+'''
+
+
+def test_ctrl_c_during_the_bag_reports_the_sets_so_far_and_the_rerun_resumes(tmp_path, one_thread):
+    (tmp_path / "stopper.py").write_text(STOPPER)
+    (tmp_path / "blend.py").write_text(DISTILLER)
+    (tmp_path / "s.toml").write_text(f"""
+[study]
+control = false
+workers = 2
+cache_dir = "cache"
+plugins = ["stopper.py", "blend.py"]
+[data]
+train_per_class = 20
+[distilled.quick]
+distiller = "blend"
+ipc = 1
+log = "{tmp_path.as_posix()}"
+[distilled.stops]
+distiller = "stopper"
+ipc = 1
+marker = "{(tmp_path / 'marker').as_posix()}"
+[[probe]]
+kind = "pixels"
+[report]
+formats = ["json"]
+""")
+    first = run_study(tmp_path / "s.toml", tmp_path / "out")
+    assert first.interrupted and first.exit_code == 130 and first.probes == []
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["distilled"]["stops"]["status"] == "interrupted"
+    assert report["distilled"]["quick"]["status"] in ("ok", "interrupted")  # it may not have arrived yet
+    assert not list((tmp_path / "cache").glob(".driver-*"))
+    again = run_study(tmp_path / "s.toml", tmp_path / "out")
+    assert again.exit_code == 0, again.errors
+    done_before = report["distilled"]["quick"]["status"] == "ok"
+    assert again.provenance["cache"]["distilled"]["hits"] == (1 if done_before else 0)
+
+
+def test_a_driver_token_left_in_the_cache_is_not_an_entry(tmp_path):
+    """A driver killed mid-bag leaves its token file: the cache commands neither list it nor refuse the folder."""
+    from ddprobe.cache import scan
+
+    root = tmp_path / "cache"
+    (root / "models").mkdir(parents=True)
+    (root / ".driver-0123456789abcdef").write_text("x")
+    assert scan.is_cache(root)
+    assert list(scan.scan(root)) == []
+    scan.clear(root)
+    assert list(root.iterdir()) == []

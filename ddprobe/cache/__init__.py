@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+DRIVER_TOKEN_PREFIX = ".driver-"  # a file in the cache root: workers that see it use this cache (ddprobe.sets)
+
 
 class CacheWarning(UserWarning):
     """A cache entry could not be trusted and is being recomputed (or a result could not be cached)."""
@@ -73,6 +75,7 @@ class Cache:
         self.misses: Counter[str] = Counter()
         self.warnings: list[str] = []
         self.report = report
+        self.fresh: set[tuple[str, str]] = set()  # (kind, key) written by this run: trusted even when read=False
 
     def key(self, kind: str, parts: Any) -> str:
         blob = canonical_json({"kind": kind, "parts": parts, "code": self.salt})
@@ -99,9 +102,14 @@ class Cache:
         if path.exists():
             remove_tree(path)
 
+    def readable(self, kind: str, key: str) -> bool:
+        """Whether an entry may be served: always, except with ``read=False`` (``--no-cache``), where only what
+        this run wrote itself is (MTT's experts, trained once and used by every set)."""
+        return self.read or (kind, key) in self.fresh
+
     def _verified(self, kind: str, key: str) -> Path | None:
         """The entry's directory when it exists and every file matches its digest; a bad one is discarded."""
-        if not self.read:
+        if not self.readable(kind, key):
             return None
         path = self.path(kind, key)
         if not path.exists():
@@ -137,6 +145,7 @@ class Cache:
                 os.replace(tmp, target)
             except OSError:  # another process stored the same entry meanwhile: keep theirs
                 pass
+            self.fresh.add((target.parent.name, target.name))
             return True
         finally:
             if tmp.exists():
@@ -144,7 +153,7 @@ class Cache:
 
     def has(self, kind: str, key: str) -> bool:
         """A cheap check (presence and sizes, no hashing) that a complete entry exists; reads verify fully."""
-        return self.read and entry_problem(self.path(kind, key), full=False) is None
+        return self.readable(kind, key) and entry_problem(self.path(kind, key), full=False) is None
 
     # -- tensors -------------------------------------------------------------------------------------------
     def load_tensors(self, kind: str, key: str) -> dict[str, torch.Tensor] | None:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import DRIVER_TOKEN_PREFIX
 from .integrity import DONE, SIDECAR_SUFFIX, entry_problem, file_problem, sidecar
 
 CHECKPOINTS = "distill-checkpoints"
@@ -57,8 +58,14 @@ def _mtime(path: Path) -> float:
 
 
 def is_cache(root: Path) -> bool:
-    """Whether ``root`` looks like a ddprobe cache (every child a kind directory of entries)."""
-    return root.is_dir() and all(_is_kind_dir(p) for p in root.iterdir())
+    """Whether ``root`` looks like a ddprobe cache (every child a kind directory of entries, or a running study's
+    token file)."""
+    return root.is_dir() and all(_is_kind_dir(p) or _is_token(p) for p in root.iterdir())
+
+
+def _is_token(path: Path) -> bool:
+    """A file a study's driver keeps in its cache while its workers distill sets (:mod:`ddprobe.sets`)."""
+    return path.name.startswith(DRIVER_TOKEN_PREFIX) and path.is_file() and not path.is_symlink()
 
 
 def _is_kind_dir(path: Path) -> bool:
@@ -119,6 +126,8 @@ def clear(root: Path) -> tuple[int, list[Path]]:
         if _is_kind_dir(p):
             freed += _size(p)
             shutil.rmtree(p, ignore_errors=True)
+        elif _is_token(p):  # a study still running falls back to its workers' own caches
+            p.unlink(missing_ok=True)
         else:
             kept.append(p)
     return freed, kept

@@ -45,7 +45,9 @@ def run(
     seed: int | None = typer.Option(None, "--seed", metavar="N", help="Study seed (same as --set study.seed=N)"),
     device: str | None = typer.Option(None, "--device", metavar="DEVICE",
                                       help="auto, cpu, cuda, cuda:N or mps (same as --set study.device=...)"),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Recompute everything instead of reusing the cache"),
+    no_cache: bool = typer.Option(False, "--no-cache",
+                                  help="Recompute everything earlier runs cached (this run still computes each thing "
+                                       "once)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or report on the console, only the result"),
     open_report: bool = typer.Option(False, "--open", help="Open report.html in the web browser when done"),
     executor: str | None = typer.Option(None, "--executor", metavar="NAME",
