@@ -341,7 +341,8 @@ def check_distiller(distiller: Any, *, real: RealData | None = None, ipc: int = 
     space with int64 (or ``[N, K]`` soft) labels, ``ipc`` per class, detached from any graph; the same set
     for the same seed (bit for bit); the real data untouched; torch's global RNG and grad mode left as found
     (draw randomness from ``ctx.rng(name)``); a save/load round trip that keeps tensors and manifest; clear
-    option errors. Files go to ``directory`` (default: a temporary directory, removed afterwards).
+    option errors. A ``prepare`` (optional) runs before each ``distill``, as in a study. Files go to ``directory``
+    (default: a temporary directory, removed afterwards).
     """
     import torch
 
@@ -361,6 +362,9 @@ def check_distiller(distiller: Any, *, real: RealData | None = None, ipc: int = 
     problems: list[str] = []
     for run in range(2):
         ctx = make_distill_context(real, tmp / f"run{run}", models=models)
+        prepare = getattr(distiller, "prepare", None)  # its optional shared work, done first as a study does
+        if prepare is not None:
+            prepare(real, ipc, opts, ctx)
         outputs.append(distiller.distill(real, ipc, opts, ctx))
         if run == 0:
             problems += _distilled_problems(outputs[0], real, ipc)

@@ -24,7 +24,7 @@ DISTILLER = '''
 import os
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from ddprobe import hookimpl
 
 
@@ -33,6 +33,7 @@ class Blend:
     description = "the first ipc real images of each class, blended with the mean image that prepare() cached"
 
     class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
         fail: bool = False
         log: str = ""
 
@@ -366,3 +367,18 @@ def test_a_driver_token_left_in_the_cache_is_not_an_entry(tmp_path):
     assert list(scan.scan(root)) == []
     scan.clear(root)
     assert list(root.iterdir()) == []
+
+
+def test_the_conformance_check_runs_prepare_before_distill(tmp_path):
+    """A distiller whose distill() needs what its prepare() cached passes ddprobe.testing.check_distiller."""
+    import importlib.util
+
+    from ddprobe.testing import check_distiller
+
+    (tmp_path / "blend_mod.py").write_text(DISTILLER)
+    loaded = importlib.util.spec_from_file_location("blend_mod", tmp_path / "blend_mod.py")
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    ds = check_distiller(module.Blend(), ipc=2, options={"log": tmp_path.as_posix()})
+    assert len(ds) == 2 * len(ds.classes)
+    assert (tmp_path / "prepared").read_text().count("\n") == 2  # once before each of the two runs
