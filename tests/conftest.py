@@ -95,3 +95,20 @@ def random_set(digits):
         return ds
 
     return make
+
+
+@pytest.fixture(scope="module")
+def ray_local(request):
+    """One local Ray instance (2 CPUs, no dashboard, localhost only) for a test module; left running if it was
+    already up. The test module's own functions are sent to workers by value (test modules are not importable
+    there)."""
+    ray = pytest.importorskip("ray")
+    ray.cloudpickle.register_pickle_by_value(request.module)
+    started = not ray.is_initialized()
+    if started:
+        import logging
+
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()

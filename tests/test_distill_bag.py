@@ -8,9 +8,7 @@ cache as it arrives, a failing set fails alone, and a worker that cannot see the
 from __future__ import annotations
 
 import json
-import logging
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -175,6 +173,17 @@ def test_distilled_sets_run_as_one_bag_in_processes_with_the_serial_numbers(tmp_
     assert not list((d / "cache").glob(".driver-*"))  # the token is gone when the bag ends
 
 
+MTT_OPTIONS = """distiller = "mtt"
+model = "mlp"
+iterations = 2
+num_experts = 3
+expert_train_epochs = 2
+expert_epochs = 1
+max_start_epoch = 1
+syn_steps = 2
+"""
+
+
 @pytest.mark.parametrize("no_cache", [False, True], ids=["cache", "no-cache"])
 def test_mtt_experts_are_trained_once_on_the_driver_before_the_sets(tmp_path, one_thread, monkeypatch, no_cache):
     """Two MTT sets share their experts: prepare() trains them as a bag and caches them; neither set retrains,
@@ -192,30 +201,14 @@ train_per_class = 30
 [models]
 mlp = { arch = "mlp", hidden = 8 }
 [distilled.a]
-distiller = "mtt"
 ipc = 1
-model = "mlp"
-iterations = 2
-num_experts = 3
-expert_train_epochs = 2
-expert_epochs = 1
-max_start_epoch = 1
-syn_steps = 2
-[distilled.b]
-distiller = "mtt"
+{MTT}[distilled.b]
 ipc = 2
-model = "mlp"
-iterations = 2
-num_experts = 3
-expert_train_epochs = 2
-expert_epochs = 1
-max_start_epoch = 1
-syn_steps = 2
-[[probe]]
+{MTT}[[probe]]
 kind = "pixels"
 [report]
 formats = ["json"]
-""")
+""".replace("{MTT}", MTT_OPTIONS))
     log = tmp_path / "experts.log"
     train_expert = mtt.train_expert
 
@@ -263,18 +256,6 @@ def test_a_worker_that_cannot_see_the_driver_cache_uses_its_own(tmp_path, monkey
     failed = run_task(real, DistillTask(spec.study.seed, spec.models, spec.train, spec.distilled["broken"], dkey,
                                         "cpu", str(driver.root), driver.salt, True, ".driver-x"))
     assert failed.set is None and failed.error == "ValueError: broken was asked to fail"
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 def test_distilled_sets_on_ray_give_the_serial_numbers(ray_local, tmp_path, one_thread):

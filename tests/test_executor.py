@@ -209,21 +209,6 @@ def test_a_spec_naming_an_unknown_executor_is_a_spec_error(tmp_path):
 
 # -- Ray ---------------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """One local Ray instance (2 CPUs, no dashboard) for this module's tests."""
-    ray = pytest.importorskip("ray")
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # test modules are not importable on workers
-    started = not ray.is_initialized()
-    if started:
-        import logging
-
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
 def _fail_once(marker_dir: str, item: int) -> int:
     """Raises the first time it runs for ``item`` (a marker file remembers), then returns ``2 * item``."""
     marker = Path(marker_dir) / f"attempted-{item}"
