@@ -276,16 +276,24 @@ def distill_sets(spec: Spec, dspecs: list[DistilledSpec], real: RealData, cache:
         pass  # a read-only cache: every worker uses its own
     tasks = [DistillTask(spec.study.seed, spec.models, spec.train, d, dkey, device, str(cache.root), cache.salt,
                          cache.read, token, frozenset(cache.fresh)) for d in ready]
+    finished: set[int] = set()
     try:
         with progress.task(f"distilled sets ({len(ready)}, {executor.name})", total=len(ready)) as bar:
             def arrived(i: int, made: Made) -> None:
                 d = ready[i]
+                finished.add(i)
                 done(d, lambda: finish(spec, d, made, real, cache, dkey), made.seconds)
                 bar.advance()
 
             # the tasks travel with the real data, once per worker (a forked worker inherits both unpickled, so a
             # plugin file's distiller need not be importable by name); the items are indices
             executor.map(run_nth_task, range(len(tasks)), shared=(real, tasks), on_result=arrived)
+    except Exception as exc:  # the bag itself broke (a worker died and was not retried): the rest fail with it
+        lost = DistillFailed(f"{type(exc).__name__}: {exc} (the worker distilling it, or another in the same "
+                             f"pool, stopped; run the study again to retry the sets that did not finish)")
+        for i, d in enumerate(ready):
+            if i not in finished:
+                done(d, _raiser(lost), None)
     finally:
         marker.unlink(missing_ok=True)
 

@@ -363,3 +363,60 @@ def test_the_conformance_check_runs_prepare_before_distill(tmp_path):
     ds = check_distiller(module.Blend(), ipc=2, options={"log": tmp_path.as_posix()})
     assert len(ds) == 2 * len(ds.classes)
     assert (tmp_path / "prepared").read_text().count("\n") == 2  # once before each of the two runs
+
+
+DIES = '''
+import os
+
+from pydantic import BaseModel, ConfigDict
+from ddprobe import hookimpl
+
+
+class Dies:
+    name = "dies"
+    description = "its worker process exits in the middle of distilling (an out-of-memory kill, a lost node)"
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    def distill(self, real, ipc, options, ctx):
+        os._exit(1)
+
+
+@hookimpl
+def register_distillers(register):
+    register(Dies())
+'''
+
+
+def test_a_worker_that_dies_fails_the_unfinished_sets_not_the_study(tmp_path, one_thread):
+    (tmp_path / "dies.py").write_text(DIES)
+    (tmp_path / "s.toml").write_text("""
+[study]
+control = true
+workers = 2
+cache_dir = "cache"
+plugins = ["dies.py"]
+[data]
+train_per_class = 20
+[distilled.dead]
+distiller = "dies"
+ipc = 1
+[distilled.dm]
+distiller = "dm"
+ipc = 1
+iterations = 2
+[[probe]]
+kind = "pixels"
+[report]
+formats = ["json"]
+""")
+    results = run_study(tmp_path / "s.toml", tmp_path / "out")
+    assert results.exit_code == 3 and not results.interrupted
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    dead = report["distilled"]["dead"]
+    assert dead["status"] == "error" and dead["error"].startswith("BrokenProcessPool: ")
+    assert "run the study again" in dead["error"]
+    assert report["distilled"]["random_ipc1"]["status"] == "ok"  # the control and the probes still ran
+    assert [p["status"] for p in report["probes"]] == ["ok"]
+    assert not list((tmp_path / "cache").glob(".driver-*"))
