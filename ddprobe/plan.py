@@ -52,6 +52,7 @@ class PlanItem:
     seconds: float | None = None  # a plugin's own estimate for all ``count``; otherwise filled from throughput
     key: str | None = None  # what it makes (e.g. a cache key): items with the same key are done once
     shared: bool = False  # set by the planner: an earlier item has the same key, so this one costs nothing
+    worker_seconds: float | None = None  # set by the planner: all ``count`` at one thread, as worker tasks run
 
 
 @dataclass
@@ -155,27 +156,33 @@ class Plan:
         units in one task, and data shipping are not modelled."""
         import math
 
+        def in_task(item: PlanItem) -> float:  # all of ``item`` as worker tasks run it (one thread each)
+            assert item.seconds is not None
+            return item.worker_seconds if workers > 1 and item.worker_seconds is not None else item.seconds
+
         total = self.startup
-        per_set: list[float] = []  # each distilled set's own work: one task of the bag of sets
+        per_set: list[tuple[float, float]] = []  # each distilled set's own work: here, and as one task of a bag
         for entry in self.entries:
             if entry.status != "to compute" or entry.seconds is None:
                 continue
-            own = 0.0 if entry.items else entry.seconds
+            own = here = 0.0 if entry.items else entry.seconds
             for item in entry.items:
                 if item.cached or item.shared or item.seconds is None:
                     continue
                 count = max(1, item.count)
-                per_unit = item.seconds / count
                 if count == 1:
-                    own += per_unit
+                    own, here = own + in_task(item), here + item.seconds
                     continue
                 rounds = math.ceil(count / max(1, workers))
+                per_unit = (in_task(item) if workers > 1 else item.seconds) / count
                 total += rounds * per_unit + (task_overhead * rounds if workers > 1 else 0.0)
             if entry.section == "distilled":
-                per_set.append(own)
+                per_set.append((here, own))
             else:
-                total += own
-        return total + longest_first(per_set, workers, task_overhead)
+                total += here
+        if workers > 1 and len(per_set) > 1:  # the sets are a bag of tasks only when there are several
+            return total + longest_first([own for _, own in per_set], workers, task_overhead)
+        return total + sum(here for here, _ in per_set)
 
 
 def longest_first(durations: list[float], workers: int, task_overhead: float = 0.0) -> float:
@@ -483,6 +490,22 @@ def _plan_study(spec: Spec, measure: bool, budget: Any) -> Plan:
     throughput.measure_all((i.model, i.batch) for e in entries if e.status == "to compute" for i in e.items
                            if i.model is not None and i.seconds is None and not i.cached
                            and i.kind in ("train", "forward", "hvp"))
+    # Worker tasks (local processes, Ray) train with one thread, and on small batches one thread is often faster
+    # than several (no thread waits for another): bags (and the distilled sets) are also timed that way.
+    in_tasks = {id(i) for e in entries if e.status == "to compute" for i in e.items
+                if i.count > 1 or e.section == "distilled"}
+    one_thread = throughput
+    if budget.main > 1 and device == "cpu" and measure:
+        from . import threads as threads_mod
+
+        one_thread = Throughput(spec.models, real.input_shape, real.num_classes, device, measure)
+        threads_mod.set_torch_threads(1)
+        try:
+            one_thread.measure_all((i.model, i.batch) for e in entries if e.status == "to compute"
+                                   for i in e.items if id(i) in in_tasks and i.model is not None
+                                   and i.seconds is None and not i.cached and i.kind in ("train", "forward", "hvp"))
+        finally:
+            threads_mod.set_torch_threads(budget.main)
     total, low, high, unknown = 0.0, 0.0, 0.0, []
     seen: set[str] = set()
     for entry in entries:
@@ -495,7 +518,10 @@ def _plan_study(spec: Spec, measure: bool, budget: Any) -> Plan:
         ranges = [(0.0, 0.0, 0.0) if i.shared else throughput.estimate_range(i) for i in entry.items if not i.cached]
         for item in entry.items:
             if not item.cached:
+                # before ``seconds`` is filled in: an item's own ``seconds`` is a plugin's figure, used as given
+                worker = one_thread.estimate(item) if id(item) in in_tasks and not item.shared else None
                 item.seconds = 0.0 if item.shared else throughput.estimate(item)
+                item.worker_seconds = worker if worker is not None else item.seconds
         if entry.planned and all(r is not None for r in ranges):
             entry.low = float(sum(r[0] for r in ranges))  # type: ignore[index]
             entry.seconds = float(sum(r[1] for r in ranges))  # type: ignore[index]

@@ -310,3 +310,39 @@ def test_plan_estimate_for_n_workers_runs_the_distilled_sets_as_one_bag():
     # experts: 2 rounds of 2 s; sets: a (6) on one worker, b then c (4 + 3) on the other
     assert plan.seconds_with(2) == pytest.approx(4.0 + 7.0)
     assert plan.seconds_with(3) == pytest.approx(4.0 + 6.0)
+
+
+def test_plan_estimate_for_n_workers_uses_steps_timed_at_one_thread_per_task():
+    """Worker tasks train with one thread: their units are costed at one-thread step times, the driver's at its own."""
+    from ddprobe.plan import Entry, Plan, PlanItem
+
+    bag = PlanItem("10 retrainings", count=10, seconds=10.0, worker_seconds=4.0)
+    single = PlanItem("one pretraining", count=1, seconds=2.0, worker_seconds=5.0)
+    sets = [Entry("distilled", n, "d", "to compute", [PlanItem(n, seconds=s, worker_seconds=w)], seconds=s,
+                  planned=True) for n, s, w in (("a", 6.0, 3.0), ("b", 4.0, 2.0))]
+    plan = Plan("s", "cpu", "/c", [Entry("probe", "p", "k", "to compute", [bag, single], seconds=12.0, planned=True),
+                                   *sets], {}, 22.0, [])
+    assert plan.seconds_with(1) == pytest.approx(22.0)  # everything on the driver
+    assert plan.seconds_with(2) == pytest.approx(5 * 0.4 + 2.0 + 3.0)  # bag and sets in tasks; single on driver
+    only_one_set = Plan("s", "cpu", "/c", sets[:1], {}, 6.0, [])
+    assert only_one_set.seconds_with(2) == pytest.approx(6.0)  # one set is distilled on the driver
+
+
+def test_plan_times_worker_units_at_one_thread_when_the_driver_uses_more(tmp_path):
+    from ddprobe.plan import plan_study
+    from ddprobe.spec import load_spec
+    from ddprobe.threads import available_cores
+
+    if available_cores()[0] < 2:
+        pytest.skip("needs 2 cores for a driver with 2 threads")
+    spec = load_spec({"study": {"workers": 2, "control": False, "cache_dir": str(tmp_path)},
+                      "models": {"mlp": {"arch": "mlp", "hidden": 16}},
+                      "distilled": {"r": {"distiller": "random", "ipc": 1}},
+                      "probe": [{"kind": "evaluate", "seeds": 3, "models": ["mlp"]}]})
+    plan = plan_study(spec, threads=2)
+    (item,) = [i for e in plan.entries if e.name == "evaluate" for i in e.items]
+    assert item.count == 3 and item.seconds > 0 and item.worker_seconds > 0
+    assert item.worker_seconds != item.seconds  # timed separately, at one thread
+    plan = plan_study(spec, threads=1)
+    (item,) = [i for e in plan.entries if e.name == "evaluate" for i in e.items]
+    assert item.worker_seconds == item.seconds  # the driver already times with one thread
