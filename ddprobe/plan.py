@@ -16,7 +16,8 @@ forward pass over N examples a third of a training step on N examples, a Hessian
 steps. Steps are timed after a warm-up, several times, with the thread budget the run would use; the estimate
 uses the median step and comes with a range, from the fastest steps to the upper-quartile steps times
 ``OVERHEAD`` (what a run spends outside the timed steps). The estimate is for one process (``Plan.seconds_with``
-spreads bags over workers) and cannot foresee other jobs starting on the machine. docs/benchmarks.md records
+spreads bags, and the distilled sets, over workers, at steps also timed with the one thread a worker uses) and
+cannot foresee other jobs starting on the machine. docs/benchmarks.md records
 estimates against actual cold runs.
 """
 
