@@ -60,3 +60,27 @@ def test_default_study_on_cuda(tmp_path):
     results = run_study(spec, tmp_path / "out", no_cache=True)
     assert str(results.provenance["device"]).startswith("cuda"), results.provenance
     assert results.exit_code == 0, (results.errors, [(p.id, p.status, p.error) for p in results.probes])
+
+
+def test_distilled_sets_as_ray_gpu_tasks(tmp_path):
+    """[study.ray] num_gpus: each distilled set (and MTT expert) is a Ray task holding half of the GPU."""
+    pytest.importorskip("ray")
+    import json
+    import os
+
+    from test_distill_bag import DISTILLER, SPEC
+
+    from ddprobe.study import run_study
+
+    (tmp_path / "blend.py").write_text(DISTILLER)
+    d = tmp_path / "ray"
+    (d / "log").mkdir(parents=True)
+    text = SPEC.format(executor="ray", log=(d / "log").as_posix()).replace(
+        "[data]", '[study.ray]\nnum_gpus = 0.5\n\n[data]').replace('seed = 3', 'seed = 3\ndevice = "cuda"')
+    (d / "study.toml").write_text(text)
+    results = run_study(d / "study.toml", d / "out")
+    report = json.loads((d / "out" / "report.json").read_text())
+    assert {n: s["status"] for n, s in report["distilled"].items() if n != "broken"} == dict.fromkeys(
+        ["dm", "mtt", "blend", "random_ipc1", "random_ipc2"], "ok"), results.errors
+    assert str(results.provenance["device"]).startswith("cuda")
+    assert (d / "log" / "distilled-blend").read_text() != str(os.getpid())  # in a Ray worker, on its GPU share
