@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .cache import DRIVER_TOKEN_PREFIX, Cache
+from .cache.scan import CHECKPOINTS
 from .context import DistillContext
 from .guard import InputMutatedError
 from .progress import Progress
@@ -50,12 +51,17 @@ def real_changed(real: RealData, dkey: dict[str, Any]) -> bool:
     return tuple(h[:16] for h in real_hashes(real)) != (dkey.get("train"), dkey.get("test"))
 
 
+def checkpoint_dir(cache: Cache) -> Path:
+    """Where distillers keep resumable checkpoints: a folder of the cache (``ddprobe cache`` knows it)."""
+    return cache.root / CHECKPOINTS
+
+
 def distill_context(spec: Spec, real: RealData, cache: Cache, device: str, dkey: dict, progress: Progress,
                     name: str = "") -> DistillContext:
     """What a distiller receives in the driver (its own bags run on ``[study] executor``)."""
     return DistillContext(spec.study.seed, real, spec.models, spec.train, cache, device, progress, dkey,
                           spec.study.workers, spec.study.executor, spec.study.ray, name=name,
-                          checkpoint_dir=cache.root / "distill-checkpoints")
+                          checkpoint_dir=checkpoint_dir(cache))
 
 
 # -- import or cache ---------------------------------------------------------------------------------------------
@@ -178,15 +184,15 @@ def build_distilled(spec: Spec, dspec: DistilledSpec, real: RealData, cache: Cac
     if found is not None:
         return found, True
     ctx = distill_context(spec, real, cache, device, dkey, progress, dspec.name)
-    prepare_distiller(dspec, real, ctx)
+    prepare_distiller(dspec.plugin, real, dspec.ipc, dspec.options, ctx)
     return finish(spec, dspec, distill_here(dspec, real, ctx, dkey), real, cache, dkey), False
 
 
-def prepare_distiller(dspec: DistilledSpec, real: RealData, ctx: DistillContext) -> None:
+def prepare_distiller(distiller: Any, real: RealData, ipc: int | None, options: Any, ctx: DistillContext) -> None:
     """The distiller's optional ``prepare(real, ipc, options, ctx)``: work its sets share (cached), on the driver."""
-    prepare = getattr(dspec.plugin, "prepare", None)
+    prepare = getattr(distiller, "prepare", None)
     if prepare is not None:
-        prepare(real, dspec.ipc, dspec.options, ctx)
+        prepare(real, ipc, options, ctx)
 
 
 # -- the bag: one task per set -----------------------------------------------------------------------------------
@@ -226,7 +232,7 @@ def run_task(real: RealData, task: DistillTask) -> Made:
     cache = worker_cache(task)
     ctx = DistillContext(task.seed, real, task.models, task.recipe, cache, task.device, data_key=task.dkey,
                          executor_kind="serial", name=task.dspec.name,
-                         checkpoint_dir=cache.root / "distill-checkpoints")
+                         checkpoint_dir=checkpoint_dir(cache))
     try:
         made = distill_here(task.dspec, real, ctx, task.dkey)
     except Exception as exc:
@@ -255,7 +261,7 @@ def distill_sets(spec: Spec, dspecs: list[DistilledSpec], real: RealData, cache:
     ready: list[DistilledSpec] = []
     for dspec in dspecs:  # shared work first, on the driver (its own bags use the executor)
         try:
-            prepare_distiller(dspec, real, context(dspec.name))
+            prepare_distiller(dspec.plugin, real, dspec.ipc, dspec.options, context(dspec.name))
         except Exception as exc:
             done(dspec, _raiser(exc), None)
             continue

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import __version__
 from .cache import Cache
@@ -27,6 +27,8 @@ from .plugins import get_plugins, load_plugins
 from .progress import Progress
 from .results import Check, DistilledRecord, ProbeRecord, ProbeResult, StudyResults, result_problems
 from .sets import build_distilled, cached_set, distill_sets, failure, import_set, real_changed
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from .data import DistilledSet, RealData
@@ -434,8 +436,7 @@ def prepare(spec: Spec, output_dir: Path, no_cache: bool = False, console: Any =
     except BaseException:
         executor.close()
         raise
-    order = [*spec.distilled, *(c.name for c in controls)]  # the spec's order, whichever set ended first
-    sets = {n: sets[n] for n in order if n in sets}
+    sets = _in_order(sets, spec, controls)  # the spec's order, whichever set ended first
     records = _in_order(records, spec, controls)
     ctx = StudyContext(spec.study.seed, real, spec.models, spec.train, cache, device, progress, dkey,
                        spec.study.workers, spec.study.executor, spec.study.ray, distilled=sets,
@@ -446,10 +447,10 @@ def prepare(spec: Spec, output_dir: Path, no_cache: bool = False, console: Any =
     return Study(spec, ctx, output_dir, distilled=records, errors=errors, console=console)
 
 
-def _in_order(records: dict[str, DistilledRecord], spec: Spec, controls: list[DistilledSpec]
-              ) -> dict[str, DistilledRecord]:
+def _in_order(by_name: dict[str, T], spec: Spec, controls: list[DistilledSpec]) -> dict[str, T]:
+    """``by_name`` in the order of the spec's sets, then the controls'."""
     order = [*spec.distilled, *(c.name for c in controls)]
-    return {n: records[n] for n in order if n in records}
+    return {n: by_name[n] for n in order if n in by_name}
 
 
 def run_study(spec: Spec | str | Path, output_dir: str | Path | None = None, only: list[str] | None = None,

@@ -347,6 +347,7 @@ def check_distiller(distiller: Any, *, real: RealData | None = None, ipc: int = 
     import torch
 
     from .data import load_distilled, save_distilled
+    from .sets import prepare_distiller
 
     if directory is None:  # nothing returned refers to the files: remove them afterwards
         with tempfile.TemporaryDirectory(prefix="ddprobe-conformance-") as tmp:
@@ -362,9 +363,7 @@ def check_distiller(distiller: Any, *, real: RealData | None = None, ipc: int = 
     problems: list[str] = []
     for run in range(2):
         ctx = make_distill_context(real, tmp / f"run{run}", models=models)
-        prepare = getattr(distiller, "prepare", None)  # its optional shared work, done first as a study does
-        if prepare is not None:
-            prepare(real, ipc, opts, ctx)
+        prepare_distiller(distiller, real, ipc, opts, ctx)  # its optional shared work, first, as in a study
         outputs.append(distiller.distill(real, ipc, opts, ctx))
         if run == 0:
             problems += _distilled_problems(outputs[0], real, ipc)
