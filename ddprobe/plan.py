@@ -175,7 +175,7 @@ class Plan:
                     own, here = own + in_task(item), here + item.seconds
                     continue
                 rounds = math.ceil(count / max(1, workers))
-                per_unit = (in_task(item) if workers > 1 else item.seconds) / count
+                per_unit = in_task(item) / count
                 total += rounds * per_unit + (task_overhead * rounds if workers > 1 else 0.0)
             if entry.section == "distilled":
                 per_set.append((here, own))
@@ -487,10 +487,10 @@ def _plan_study(spec: Spec, measure: bool, budget: Any) -> Plan:
                              planned=items is not None))
 
     startup = process_seconds()
+    to_time = [i for e in entries if e.status == "to compute" for i in e.items
+               if i.model is not None and i.seconds is None and not i.cached and i.kind in ("train", "forward", "hvp")]
     throughput = Throughput(spec.models, real.input_shape, real.num_classes, device, measure)
-    throughput.measure_all((i.model, i.batch) for e in entries if e.status == "to compute" for i in e.items
-                           if i.model is not None and i.seconds is None and not i.cached
-                           and i.kind in ("train", "forward", "hvp"))
+    throughput.measure_all((i.model, i.batch) for i in to_time)
     # Worker tasks (local processes, Ray) train with one thread, and on small batches one thread is often faster
     # than several (no thread waits for another): bags (and the distilled sets) are also timed that way.
     in_tasks = {id(i) for e in entries if e.status == "to compute" for i in e.items
@@ -502,9 +502,7 @@ def _plan_study(spec: Spec, measure: bool, budget: Any) -> Plan:
         one_thread = Throughput(spec.models, real.input_shape, real.num_classes, device, measure)
         threads_mod.set_torch_threads(1)
         try:
-            one_thread.measure_all((i.model, i.batch) for e in entries if e.status == "to compute"
-                                   for i in e.items if id(i) in in_tasks and i.model is not None
-                                   and i.seconds is None and not i.cached and i.kind in ("train", "forward", "hvp"))
+            one_thread.measure_all((i.model, i.batch) for i in to_time if id(i) in in_tasks)
         finally:
             threads_mod.set_torch_threads(budget.main)
     total, low, high, unknown = 0.0, 0.0, 0.0, []
